@@ -38,7 +38,7 @@ def attack_from_params(params: dict) -> PoisonAttack:
 
 
 def load_trigger(spec: str) -> PoisonAttack:
-    """A `--trigger` value: an attack name (its defaults) or a poison.json / dataset folder written by `pudrt poison`."""
+    """A `--trigger` value: an attack name (its defaults), or a poison.json or dataset folder from `pudrt poison`."""
     if spec.lower() in ATTACKS:
         return create_attack(spec)
     path = os.path.join(spec, "poison.json") if os.path.isdir(spec) else spec

@@ -427,7 +427,8 @@ def _memmap_loader(path: Path, info: zipfile.ZipInfo):
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             if dtype.hasobject:
-                raise ValueError(f"{info.filename} holds Python objects; pudrt never unpickles data arrays")
+                raise PudrtError(f"{path}: array {info.filename[:-4]} holds Python objects; pudrt never unpickles "
+                                 f"data arrays. Store it with a numeric or string dtype.")
             offset = f.tell()
         if int(np.prod(shape)) == 0:
             return np.zeros(shape, dtype)
@@ -442,7 +443,10 @@ def _eager_loader(path: Path, member: str, name: str):
         log.info("%s: array %s is compressed and is read into memory; use np.savez to memory-map it",
                  path, name)
         with zipfile.ZipFile(path) as zf, zf.open(member) as f:
-            return np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
+            try:
+                return np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
+            except ValueError as err:
+                raise PudrtError(f"{path}: array {name} cannot be read without unpickling ({err})") from None
 
     return load
 

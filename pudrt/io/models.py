@@ -166,14 +166,13 @@ def load_model(
             raise PudrtError(f"{path}: not a readable torch.export (.pt2) program ({err})") from None
         return _finish_packaged(ep.module(), extra["pudrt.json"], "export", path, num_classes, mean, std)
     if fmt == "safetensors":
-        from safetensors import SafetensorsError
         from safetensors.torch import load_file, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = (f.metadata() or {}).get(META_KEY)
             state = load_file(str(path), device=str(map_location))
-        except (SafetensorsError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - safetensors' error types differ across releases
             raise PudrtError(f"{path}: not a readable safetensors file ({err})") from None
         info = ModelInfo.from_json(meta) if meta else None
         return _from_state_dict(state, info, path, arch, num_classes, mean, std)
@@ -181,6 +180,8 @@ def load_model(
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _parses_as_pickle(path):
+            raise PudrtError(f"{path}: not a readable PyTorch file (the pickle inside is damaged)") from None
         if not unsafe_pickle:
             raise PudrtError(
                 f"{path} is a pickled Python object (e.g. a whole nn.Module), not a state dict. Loading it "
@@ -198,6 +199,29 @@ def load_model(
         raise PudrtError(f"{path} holds a {type(obj).__name__}, not a state dict")
     info = ModelInfo.from_json(json.dumps(obj[META_KEY])) if isinstance(obj.get(META_KEY), dict) else None
     return _from_state_dict(_unwrap_state(obj), info, path, arch, num_classes, mean, std)
+
+
+def _parses_as_pickle(path: Path) -> bool:
+    """Whether the file's pickle stream is well formed, checked opcode by opcode without running it."""
+    import io
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+            if not names:
+                return False
+            data = zf.read(names[0])
+    else:
+        data = path.read_bytes()
+    stream = io.BytesIO(data)
+    try:
+        while stream.tell() < len(data):  # legacy torch.save files hold several pickles in a row
+            for _ in pickletools.genops(stream):
+                pass
+    except (ValueError, EOFError, IndexError, struct.error):
+        return False
+    return True
 
 
 def _unwrap_state(obj: dict) -> dict[str, torch.Tensor]:
@@ -256,11 +280,10 @@ def _head_classes(arch: str, state: dict, path: Path) -> int:
 
 def _finish_packaged(net, meta_text, fmt, path, num_classes, mean, std) -> LoadedModel:
     info = ModelInfo.from_json(meta_text) if meta_text else None
+    if fmt == "torchscript":
+        net.eval()  # an exported program's module is already in eval form and refuses .eval()
     if info is not None:  # saved by pudrt: returns (logits, features), normalisation inside
-        net.eval()
         return _wrap(PairOutputs(net), ModelInfo(info.arch, info.num_classes, format=fmt), path, mean, std)
-    if hasattr(net, "eval"):
-        net.eval()
     return _wrap(net, ModelInfo(None, _num_classes(net, num_classes), format=fmt), path, mean, std)
 
 

@@ -1,0 +1,29 @@
+"""Commands whose engines are still being built; each says so, and where to follow it."""
+
+from __future__ import annotations
+
+from pudrt.errors import PudrtError
+
+
+def _pending(what: str) -> None:
+    raise PudrtError(f"`pudrt {what}` is not ready yet in this release; see the README's roadmap.")
+
+
+def purify() -> None:
+    """Repair a possibly backdoored model without clean data (PUD, PBE, AdvrBD). Not ready yet."""
+    _pending("purify")
+
+
+def scan() -> None:
+    """Score every sample of an untrusted dataset for poisoning. Not ready yet."""
+    _pending("scan")
+
+
+def evaluate() -> None:
+    """Measure C-Acc, ASR and adversarial accuracy of a model or engine. Not ready yet."""
+    _pending("evaluate")
+
+
+def export() -> None:
+    """Export a model to a verified ONNX graph or TensorRT engine. Not ready yet."""
+    _pending("export")

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pudrt.cli import app
+from pudrt.io import open_dataset
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    """Run the CLI as `pudrt` does: PudrtError -> one line on stderr, exit 2."""
+    from pudrt.errors import PudrtError
+
+    result = runner.invoke(app, [str(a) for a in args])
+    if isinstance(result.exception, PudrtError):
+        return 2, f"error: {result.exception}"
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_help_lists_every_command():
+    code, out = invoke("--help")
+    assert code == 0
+    for cmd in ("purify", "scan", "evaluate", "export", "poison", "train", "demo"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize("cmd", ["purify", "scan", "evaluate", "export"])
+def test_commands_still_being_built_say_so(cmd):
+    code, out = invoke(cmd)
+    assert code == 2 and "not ready yet" in out
+
+
+def test_poison_then_train_then_report(tmp_path):
+    code, out = invoke("poison", "embedded", tmp_path / "p", "--attack", "badnets", "--ratio", "0.1",
+                       "--target", "0", "--format", "npz")
+    assert code == 0, out
+    assert "1000 poisoned with badnets" in out
+    truth = json.loads((tmp_path / "p" / "poison.json").read_text())
+    assert len(truth["poison_ids"]) == 1000 and truth["params"]["target"] == 0
+    code, out = invoke("train", tmp_path / "p", "--arch", "resnet8", "--epochs", "1", "--lr", "0.1",
+                       "-o", tmp_path / "m.pt", "--eval-data", "embedded")
+    assert code == 0, out
+    assert "C-Acc" in out and "ASR" in out  # the trigger came from the training data's poison.json
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert saved["pudrt"]["arch"] == "resnet8"
+
+
+def test_unknown_arch_is_one_clear_line(tmp_path):
+    code, out = invoke("train", "--arch", "resnet9000", "--epochs", "1", "-o", tmp_path / "m.pt")
+    assert code == 2
+    assert "unknown architecture 'resnet9000'" in out and "Traceback" not in out
+
+
+def test_unknown_attack_and_bad_format_are_clear(tmp_path):
+    code, out = invoke("poison", "embedded", tmp_path / "p", "--attack", "trojan")
+    assert code == 2 and "unknown attack" in out
+    code, out = invoke("poison", "embedded", tmp_path / "q", "--format", "jpeg")
+    assert code == 2 and "unknown output format" in out
+    assert not (tmp_path / "q").exists()
+
+
+def test_poison_refuses_to_overwrite(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "keep.txt").write_text("mine")
+    code, out = invoke("poison", "embedded", tmp_path / "p")
+    assert code == 2 and "not empty" in out
+    assert (tmp_path / "p" / "keep.txt").read_text() == "mine"
+
+
+def test_main_prints_no_traceback(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from pudrt.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["pudrt", "poison", str(tmp_path / "missing"), str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset") and "does not exist" in err and "Traceback" not in err
+
+
+def test_list_archs():
+    code, out = invoke("train", "--list-archs")
+    assert code == 0 and "preactresnet18" in out.split()
+
+
+def test_poisoned_output_is_readable_by_every_reader(tmp_path):
+    for fmt in ("imagefolder", "tar"):
+        code, out = invoke("poison", "embedded", tmp_path / fmt, "--attack", "sig", "--format", fmt,
+                           "--split", "test")
+        assert code == 0, out
+        ds = open_dataset(tmp_path / fmt)
+        assert len(ds) == 2000 and len(ds.poison_indices) == 200
