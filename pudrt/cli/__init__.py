@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from pudrt.cli import demo, pending, poison, train
+from pudrt.cli import demo, evaluate, export, pending, poison, train
 from pudrt.errors import PudrtError
 
 app = typer.Typer(
@@ -23,8 +23,8 @@ app = typer.Typer(
 )
 app.command("purify")(pending.purify)
 app.command("scan")(pending.scan)
-app.command("evaluate")(pending.evaluate)
-app.command("export")(pending.export)
+app.command("evaluate")(evaluate.evaluate)
+app.command("export")(export.export)
 app.command("poison")(poison.poison)
 app.command("train")(train.train)
 app.command("demo")(demo.demo)

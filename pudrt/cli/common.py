@@ -20,6 +20,25 @@ ImageSizeOpt = Annotated[
 ]
 
 
+class ModelOpts:
+    """Options of every command that loads a model file."""
+
+    arch = Annotated[str | None, typer.Option(help="Architecture of a bare state dict (pudrt train --list-archs).")]
+    num_classes = Annotated[int | None, typer.Option(help="Classes of a bare state dict (default: from its head).")]
+    mean = Annotated[str | None, typer.Option(help="Per-channel mean the model expects its input normalised with, "
+                                                   "e.g. 0.4914,0.4822,0.4465; pudrt adds the layer.")]
+    std = Annotated[str | None, typer.Option(help="Per-channel std, with --mean.")]
+    unsafe_pickle = Annotated[bool, typer.Option("--unsafe-pickle", help="Allow loading a pickled Python object: "
+                                                 "this runs code from the file. Only for files you trust.")]
+
+
+def load_model_from_opts(path: Path, arch, num_classes, mean, std, unsafe_pickle):
+    from pudrt.io.models import load_model
+
+    return load_model(path, arch=arch, num_classes=num_classes, mean=parse_floats(mean, "--mean"),
+                      std=parse_floats(std, "--std"), unsafe_pickle=unsafe_pickle)
+
+
 def dataset_arg(value: str | None, split: str, image_size: str | None = None):
     """A command's dataset: 'embedded' names the embedded subset; None falls back to PUDRT_DATA, then it."""
     from pudrt.io import embedded_dataset, open_dataset, resolve_data

@@ -17,13 +17,3 @@ def purify() -> None:
 def scan() -> None:
     """Score every sample of an untrusted dataset for poisoning. Not ready yet."""
     _pending("scan")
-
-
-def evaluate() -> None:
-    """Measure C-Acc, ASR and adversarial accuracy of a model or engine. Not ready yet."""
-    _pending("evaluate")
-
-
-def export() -> None:
-    """Export a model to a verified ONNX graph or TensorRT engine. Not ready yet."""
-    _pending("export")

@@ -179,7 +179,7 @@ def load_model(
     # torch.save output (zip or legacy): weights only, unless the user vouches for the file.
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
         if not _parses_as_pickle(path):
             raise PudrtError(f"{path}: not a readable PyTorch file (the pickle inside is damaged)") from None
         if not unsafe_pickle:

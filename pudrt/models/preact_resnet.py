@@ -46,7 +46,7 @@ class PreActResNet18(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.layers(self.conv1(x))))
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return out.mean(dim=(2, 3))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(features)

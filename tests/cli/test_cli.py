@@ -29,7 +29,7 @@ def test_help_lists_every_command():
         assert cmd in out
 
 
-@pytest.mark.parametrize("cmd", ["purify", "scan", "evaluate", "export"])
+@pytest.mark.parametrize("cmd", ["purify", "scan", "export"])
 def test_commands_still_being_built_say_so(cmd):
     code, out = invoke(cmd)
     assert code == 2 and "not ready yet" in out
@@ -97,3 +97,42 @@ def test_poisoned_output_is_readable_by_every_reader(tmp_path):
         assert code == 0, out
         ds = open_dataset(tmp_path / fmt)
         assert len(ds) == 2000 and len(ds.poison_indices) == 200
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from pudrt.io.models import save_model
+    from pudrt.models import CIFAR10_MEAN, CIFAR10_STD, Normalized, create_model
+
+    path = tmp_path_factory.mktemp("model") / "m.pt"
+    torch.manual_seed(0)
+    save_model(Normalized(create_model("resnet8", 10), CIFAR10_MEAN, CIFAR10_STD).eval(), path, "resnet8", 10)
+    return path
+
+
+def test_evaluate_reports_c_acc_and_asr_and_writes_json(tmp_path, model_file):
+    code, out = invoke("evaluate", model_file, "embedded", "--trigger", "badnets", "-o", tmp_path / "r.json")
+    assert code == 0, out
+    assert "C-Acc" in out and "ASR" in out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["samples"] == 2000 and 0 <= result["c_acc"] <= 1 and 0 <= result["asr"] <= 1
+
+
+def test_evaluate_refuses_a_pickled_model_and_names_the_flag(tmp_path):
+    from pudrt.models import create_model
+
+    torch.save(create_model("resnet8", 10), tmp_path / "full.pt")
+    code, out = invoke("evaluate", tmp_path / "full.pt", "embedded")
+    assert code == 2 and "--unsafe-pickle" in out
+    code, out = invoke("evaluate", tmp_path / "full.pt", "embedded", "--unsafe-pickle")
+    assert code == 0 and "C-Acc" in out
+
+
+def test_evaluate_explains_a_class_count_mismatch(tmp_path):
+    from pudrt.models import create_model
+
+    torch.save(create_model("resnet8", 5).state_dict(), tmp_path / "five.pt")
+    code, out = invoke("evaluate", tmp_path / "five.pt", "embedded", "--arch", "resnet8")
+    assert code == 2 and "labels go up to 9 but the model has 5 classes" in out
+    code, out = invoke("evaluate", tmp_path / "five.pt", "embedded", "--arch", "nonet")
+    assert code == 2 and "unknown architecture 'nonet'" in out
