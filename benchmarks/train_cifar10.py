@@ -14,34 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def machine() -> dict:
-    import onnxruntime
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "load_before": os.getloadavg()[0],
-    }
 
 
 def main() -> None:
@@ -56,13 +33,16 @@ def main() -> None:
     p.add_argument("--label", default="")
     args = p.parse_args()
 
+    import onnxruntime
+    from benchmarks_common import machine_info
+
     from pudrt.attacks import create_attack
     from pudrt.attacks.poison import poison_dataset
     from pudrt.evaluate import attack_success_rate, clean_accuracy
     from pudrt.io import open_dataset, resolve_data
     from pudrt.train import TrainConfig, train_model
 
-    info = machine()
+    info = {**machine_info(), "onnxruntime": onnxruntime.__version__}
     attack = create_attack(args.attack)
     train = resolve_data(args.data, "train")
     test = resolve_data(args.data, "test")
@@ -78,7 +58,7 @@ def main() -> None:
     c_acc = clean_accuracy(result.model, test)
     asr = attack_success_rate(result.model, test, attack)
     row = {
-        "date": time.strftime("%Y-%m-%d"),
+        "date": info["date"],
         "label": args.label,
         "arch": args.arch,
         "epochs": args.epochs,
@@ -121,17 +101,11 @@ def write_results_md() -> None:
             f"| {r['date']} | {r['arch']} | {r['epochs']} | {100 * r['c_acc']:.2f}% | {100 * r['asr']:.2f}% | "
             f"{r['train_minutes']:.1f} | {m['cpu']} ({m['cores']}) | {m['torch']} | `{r['command']}` |"
         )
-    section = "\n".join(lines) + "\n"
-    md = HERE / "RESULTS.md"
-    text = md.read_text() if md.exists() else "# Benchmark results\n\nWritten by the scripts in this folder.\n\n"
-    start = text.find("## Training an infected model")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text)
+    from benchmarks_common import replace_section
+
+    replace_section(HERE / "RESULTS.md", "## Training an infected model", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
     main()

@@ -29,7 +29,7 @@ def test_help_lists_every_command():
         assert cmd in out
 
 
-@pytest.mark.parametrize("cmd", ["purify", "scan", "export"])
+@pytest.mark.parametrize("cmd", ["purify", "scan"])
 def test_commands_still_being_built_say_so(cmd):
     code, out = invoke(cmd)
     assert code == 2 and "not ready yet" in out
@@ -136,3 +136,42 @@ def test_evaluate_explains_a_class_count_mismatch(tmp_path):
     assert code == 2 and "labels go up to 9 but the model has 5 classes" in out
     code, out = invoke("evaluate", tmp_path / "five.pt", "embedded", "--arch", "nonet")
     assert code == 2 and "unknown architecture 'nonet'" in out
+
+
+def test_export_checks_itself_and_prints_the_agreement(tmp_path, model_file):
+    code, out = invoke("export", model_file, "-o", tmp_path / "m.onnx", "--check-samples", "64")
+    assert code == 0, out
+    assert "max |Δlogit|" in out and "top-1 agreement 100.00%" in out and "tolerance" in out
+    from pudrt.engine import OrtRunner
+
+    with OrtRunner(tmp_path / "m.onnx", device="cpu") as runner:
+        assert runner.outputs == ("logits", "features")
+
+
+def test_export_grad_graph_from_the_cli(tmp_path, model_file):
+    code, out = invoke("export", model_file, "-o", tmp_path / "g.onnx", "--grad", "ce", "--check-samples", "32")
+    assert code == 0, out
+    assert "ce graph vs float64 autograd" in out and (tmp_path / "g.onnx").is_file()
+
+
+def test_export_refuses_an_impossible_tolerance_and_writes_nothing(tmp_path, model_file):
+    code, out = invoke("export", model_file, "-o", tmp_path / "m.onnx", "--check-samples", "16", "--atol", "0",
+                       "--rtol", "0")
+    assert code == 2 and "nothing was written" in out
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_to_tensorrt_without_tensorrt_says_what_to_install(tmp_path, model_file):
+    pytest.importorskip("onnx")
+    code, out = invoke("export", model_file, "-o", tmp_path / "m.onnx", "--check-samples", "16")
+    assert code == 0, out
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    code, out = invoke("export", tmp_path / "m.onnx", "--engine", "trt", "--fp16", "-o", tmp_path / "m.plan",
+                       "--check-samples", "16")
+    assert code == 2 and "pudrt[trt]" in out
+    assert not (tmp_path / "m.plan").exists()

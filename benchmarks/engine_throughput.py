@@ -1,0 +1,168 @@
+"""Benchmark: torch eager vs ONNX Runtime (fp32, int8) forward, and torch autograd vs the ORT gradient graph.
+
+    python benchmarks/engine_throughput.py [--batch 256] [--repeats 7] [--archs resnet8 preactresnet18 resnet18]
+
+All competitors run in this one process, interleaved round by round on the same
+real CIFAR-10 images (the embedded test split), so a noisy shared machine slows
+them alike; each number is the median over rounds, and the ratios are medians of
+per-round ratios. Writes benchmarks/results/engine_throughput.json and the engine
+section of benchmarks/RESULTS.md, with the machine and versions beside them.
+
+Targets (issue 3, 2-core CPU, batch 256): ORT fp32 ≥ 2× torch eager for resnet18;
+ORT int8 ≥ 4× torch eager with ≥ 99% top-1 agreement; ORT gradient graph ≥ 1.2×
+torch autograd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--archs", nargs="+", default=["resnet8", "preactresnet18", "resnet18"])
+    args = p.parse_args()
+
+    from pudrt.io import embedded_dataset, iter_batches
+    from pudrt.train import set_threads
+
+    threads = set_threads(None)
+    test = embedded_dataset("test")
+    batches = iter_batches(test, args.batch, workers=0)
+    x, y = (lambda b: (b.float(), b.y))(next(batches))
+    calib = next(batches).float()
+    held_out = torch.cat([b.float() for b in batches])
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [measure(arch, Path(tmp), x, y, calib, held_out, threads, args) for arch in args.archs]
+    info = machine(threads)
+    out = HERE / "results" / "engine_throughput.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    write_results_md(info, rows)
+
+
+def measure(arch, tmp, x, y, calib, held_out, threads, args) -> dict:
+    """Time every competitor on one architecture, interleaved round by round."""
+    from pudrt.engine import OrtRunner, export_onnx
+    from pudrt.engine.grad import export_grad_graph
+    from pudrt.engine.quantize import quantize_int8
+    from pudrt.io import embedded_dataset
+    from pudrt.models import CIFAR10_MEAN, CIFAR10_STD, FeatureClassifier, Normalized, create_model
+    from pudrt.train import TrainConfig, train_model
+
+    torch.manual_seed(0)
+    if arch == "resnet8":  # a trained model, so int8 agreement is measured where it matters
+        model = train_model(embedded_dataset("train"),
+                            TrainConfig(arch=arch, epochs=3, lr=0.1, batch_size=128, augment=False)).model
+    else:
+        model = Normalized(create_model(arch, 10), CIFAR10_MEAN, CIFAR10_STD)
+    model.eval()
+    pair = FeatureClassifier(model).eval()
+    for p_ in pair.parameters():
+        p_.requires_grad_(False)
+    fp32 = export_onnx(model, tmp / f"{arch}.onnx", x[:4])
+    int8 = quantize_int8(fp32, tmp / f"{arch}-int8.onnx", calib.numpy())
+    ce = export_grad_graph(model, tmp / f"{arch}-ce.onnx", x[:4], "ce")
+    ort32, ort8, ortg = (OrtRunner(f, device="cpu", threads=threads) for f in (fp32, int8, ce))
+    xn, yn = x.numpy(), y.numpy()
+
+    def torch_forward():
+        with torch.no_grad():
+            pair(x)
+
+    def torch_grad():
+        xr = x.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(pair(xr)[0], y, reduction="sum"), xr)
+
+    competitors = {
+        "torch_eager": torch_forward,
+        "ort_fp32": lambda: ort32(xn),
+        "ort_int8": lambda: ort8(xn),
+        "torch_autograd": torch_grad,
+        "ort_grad_graph": lambda: ortg(xn, label=yn),
+    }
+    for fn in competitors.values():  # warm-up: allocator, thread pools, ORT's first-run setup
+        fn()
+    times = {k: [] for k in competitors}
+    for _ in range(args.repeats):
+        for name, fn in competitors.items():
+            times[name].append(timed(fn))
+
+    def ratio(a, b):
+        return statistics.median(tb / ta for ta, tb in zip(times[a], times[b], strict=True))
+
+    with torch.no_grad():
+        ref_pred = pair(held_out)[0].argmax(1).numpy()
+    int8_pred = np.concatenate([ort8(held_out[i : i + 256].numpy())["logits"].argmax(1)
+                                for i in range(0, len(held_out), 256)])
+    row = {
+        "arch": arch,
+        "batch": args.batch,
+        "img_per_s": {k: round(args.batch / statistics.median(v), 1) for k, v in times.items()},
+        "ort_fp32_vs_torch": round(ratio("ort_fp32", "torch_eager"), 2),
+        "ort_int8_vs_torch": round(ratio("ort_int8", "torch_eager"), 2),
+        "ort_grad_vs_autograd": round(ratio("ort_grad_graph", "torch_autograd"), 2),
+        "int8_top1_agreement": round(float((int8_pred == ref_pred).mean()), 4),
+        "int8_agreement_images": int(len(held_out)),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def machine(threads: int) -> dict:
+    import onnxruntime
+    from benchmarks_common import machine_info
+
+    return {**machine_info(), "threads": threads, "onnxruntime": onnxruntime.__version__}
+
+
+def write_results_md(info: dict, rows: list[dict]) -> None:
+    from benchmarks_common import replace_section
+
+    lines = [
+        "## Engine throughput (`benchmarks/engine_throughput.py`)",
+        "",
+        f"{info['date']}, {info['cpu']} ({info['cores']} cores, {info['threads']} threads), torch {info['torch']}, "
+        f"onnxruntime {info['onnxruntime']}. Batch {rows[0]['batch']} of real CIFAR-10 test images; medians over "
+        "rounds that interleave all competitors in one process. Speed-ups are medians of per-round ratios. "
+        "INT8 agreement: top-1 of the INT8 graph vs the float model on the other 1,488 embedded test images "
+        "(resnet8 is trained for 3 epochs; the others are untrained, so their agreement says little).",
+        "",
+        "| arch | torch eager img/s | ORT fp32 img/s | ORT int8 img/s | fp32 ×torch | int8 ×torch | int8 top-1 "
+        "agreement | torch autograd img/s | ORT grad graph img/s | grad ×autograd |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["img_per_s"]
+        lines.append(
+            f"| {r['arch']} | {s['torch_eager']:.0f} | {s['ort_fp32']:.0f} | {s['ort_int8']:.0f} | "
+            f"{r['ort_fp32_vs_torch']:.2f} | {r['ort_int8_vs_torch']:.2f} | {100 * r['int8_top1_agreement']:.2f}% | "
+            f"{s['torch_autograd']:.0f} | {s['ort_grad_graph']:.0f} | {r['ort_grad_vs_autograd']:.2f} |"
+        )
+    replace_section(HERE / "RESULTS.md", "## Engine throughput", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    main()
