@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "resnet8"
+    arch: str = "resnet9w16"
     epochs: int = 15
     batch_size: int = 256
     lr: float = 0.4

@@ -26,8 +26,8 @@ def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the demo's data, models and summary.")]
     = Path("demo-out"),
     attack: Annotated[str, typer.Option(help=f"Attack to plant: {', '.join(ATTACKS)}.")] = "badnets",
-    epochs: Annotated[int, typer.Option(help="Training epochs for each model.")] = 12,
-    arch: Annotated[str, typer.Option(help="Architecture.")] = "resnet8",
+    epochs: Annotated[int, typer.Option(help="Training epochs for each model.")] = 15,
+    arch: Annotated[str, typer.Option(help="Architecture.")] = "resnet9w16",
 ) -> None:
     """Run the whole story on the embedded data: poison, train infected and clean models, measure them."""
     spec = create_attack(attack)

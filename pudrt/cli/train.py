@@ -30,7 +30,7 @@ def train(
     = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Model file: .pt, .safetensors, .ts or .pt2.")]
     = Path("model.pt"),
-    arch: Annotated[str, typer.Option(help="Architecture name (--list-archs).")] = "resnet8",
+    arch: Annotated[str, typer.Option(help="Architecture name (--list-archs).")] = "resnet9w16",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TrainConfig.lr,
