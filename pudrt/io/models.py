@@ -283,6 +283,8 @@ def _finish_packaged(net, meta_text, fmt, path, num_classes, mean, std) -> Loade
     if fmt == "torchscript":
         net.eval()  # an exported program's module is already in eval form and refuses .eval()
     if info is not None:  # saved by pudrt: returns (logits, features), normalisation inside
+        if mean is not None:
+            raise PudrtError(f"{path} was saved by pudrt with its input normalisation inside; drop --mean/--std")
         return _wrap(PairOutputs(net), ModelInfo(info.arch, info.num_classes, format=fmt), path, mean, std)
     return _wrap(net, ModelInfo(None, _num_classes(net, num_classes), format=fmt), path, mean, std)
 

@@ -31,6 +31,12 @@ def test_model_formats_round_trip(tmp_path, trained_like, images, suffix):
     assert loaded.info.num_classes == 10
 
 
+def test_packaged_models_refuse_a_second_normalisation(tmp_path, trained_like):
+    path = save_model(trained_like, tmp_path / "m.pt2", "resnet8", 10)
+    with pytest.raises(PudrtError, match="drop --mean/--std"):
+        load_model(path, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+
+
 def test_state_dict_loads_with_plain_torch_and_weights_only(tmp_path, trained_like):
     save_model(trained_like, tmp_path / "m.pt", "resnet8", 10)
     obj = torch.load(tmp_path / "m.pt", weights_only=True)
