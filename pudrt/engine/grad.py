@@ -95,25 +95,6 @@ def _frozen(model: nn.Module) -> FeatureClassifier:
     return pair
 
 
-def _fold_batchnorm(pair: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm that follows a convolution into it, when the model traces with torch.fx.
-
-    In the gradient graph an unfolded BatchNorm costs a full pass over the activations
-    twice, forward and backward (a per-channel Mul that ONNX Runtime does not merge into
-    the neighbouring convolutions). Models that torch.fx cannot trace keep their BatchNorms.
-    """
-    import torch.fx.experimental.optimization as fx_opt
-
-    try:
-        fused = fx_opt.fuse(pair)
-    except Exception as err:  # noqa: BLE001 - fx raises on any untraceable construct
-        log.info("BatchNorm not folded for the gradient graph (torch.fx cannot trace the model: %s)", err)
-        return pair
-    for p in fused.parameters():
-        p.requires_grad_(False)
-    return fused.eval()
-
-
 def ce_grad_fn(pair: nn.Module):
     def loss(x, y):
         return F.cross_entropy(pair(x)[0], y, reduction="sum")
@@ -172,7 +153,7 @@ def export_grad_graph(model: nn.Module, path: str | os.PathLike, example: torch.
     """Export the `kind` gradient graph of `model` ("ce", "kl" or "pgd" with `steps` unrolled steps)."""
     if kind not in GRAPHS:
         raise PudrtError(f"unknown gradient graph {kind!r}; choose one of {', '.join(GRAPHS)}")
-    pair = _fold_batchnorm(_frozen(model))
+    pair = _frozen(model)
     x = example.detach().cpu().float()
     if len(x) < 2:
         x = torch.cat([x, x])
