@@ -41,14 +41,13 @@ def load_model_from_opts(path: Path, arch, num_classes, mean, std, unsafe_pickle
 
 def dataset_arg(value: str | None, split: str, image_size: str | None = None):
     """A command's dataset: 'embedded' names the embedded subset; None falls back to PUDRT_DATA, then it."""
-    from pudrt.io import embedded_dataset, open_dataset, resolve_data
+    from pudrt.io import embedded_dataset, resolve_data
 
+    ds = embedded_dataset(split) if value == "embedded" else resolve_data(value, split)
     size = parse_image_size(image_size)
-    if value == "embedded":
-        ds = embedded_dataset(split)
-        return ds if size is None else open_dataset(ds.root, None, size)
-    ds = resolve_data(value, split)
-    return ds if size is None else open_dataset(ds.root, None, size)
+    if size is not None:
+        ds.image_size = size
+    return ds
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:

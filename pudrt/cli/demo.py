@@ -8,7 +8,6 @@ and engine evaluation join the story as those commands land.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -57,4 +56,3 @@ def demo(
     for name, r in rows.items():
         typer.echo(f"{name:<10}{r['c_acc']:>8.3f}{r['asr']:>8.3f}{r['train_seconds']:>9.0f}")
     typer.echo(f"\nsummary: {out / 'summary.json'}")
-    typer.echo(json.dumps({k: {"c_acc": round(v["c_acc"], 4), "asr": round(v["asr"], 4)} for k, v in rows.items()}))

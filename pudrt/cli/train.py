@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pudrt.attacks import load_trigger
+from pudrt.attacks import attack_from_params, load_trigger
 from pudrt.cli.common import DataOpt, ImageSizeOpt, check_output_model, dataset_arg, parse_floats
 from pudrt.errors import PudrtError
 from pudrt.evaluate import attack_success_rate, clean_accuracy
@@ -61,8 +61,8 @@ def train(
                       weight_decay=weight_decay, bf16=bf16, seed=seed, threads=threads,
                       **({"mean": mean_t} if mean_t else {}), **({"std": std_t} if std_t else {}))
     attack = load_trigger(trigger) if trigger else None
-    if attack is None and dataset.poison is not None:
-        attack = load_trigger(str(dataset.root if dataset.root.is_dir() else dataset.root.parent))
+    if attack is None and dataset.poison is not None and "params" in dataset.poison:
+        attack = attack_from_params(dataset.poison["params"])
         log.info("using the training data's trigger (%s) for ASR", attack.name)
     if eval_data is None and trigger is not None:
         raise PudrtError("--trigger needs --eval-data: ASR is measured on triggered test images")

@@ -175,3 +175,16 @@ def test_export_to_tensorrt_without_tensorrt_says_what_to_install(tmp_path, mode
                        "--check-samples", "16")
     assert code == 2 and "pudrt[trt]" in out
     assert not (tmp_path / "m.plan").exists()
+
+
+def test_demo_runs_the_story_and_writes_a_summary(tmp_path):
+    code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8")
+    assert code == 0, out
+    assert "[1/3] poisoned 1000 of 10000" in out and "infected" in out and "clean" in out
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(summary["models"]) == {"infected", "clean"}
+    for name, row in summary["models"].items():
+        assert 0 <= row["c_acc"] <= 1 and 0 <= row["asr"] <= 1
+        assert (tmp_path / "demo" / f"{name}.pt").is_file()
+    code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8")
+    assert code == 0 and "[1/3] reusing" in out
