@@ -12,6 +12,7 @@ import torch
 
 from pudrt.attacks.base import PoisonAttack
 from pudrt.attacks.wanet import WaNet
+from pudrt.errors import PudrtError
 from pudrt.io.atomic import write_json_atomic
 from pudrt.io.datasets import POISON_FILE, LabelledImages, SkipCounter, iter_batches
 from pudrt.io.writers import DatasetWriter
@@ -47,8 +48,6 @@ def poison_dataset(
     try:
         poison = attack.select(dataset.labels, dataset.num_classes)
     except ValueError as err:
-        from pudrt.errors import PudrtError
-
         raise PudrtError(str(err)) from None
     cross = attack.select_cross(dataset.labels, poison) if isinstance(attack, WaNet) else np.zeros(0, np.int64)
     is_poison = np.zeros(len(dataset), bool)
