@@ -188,3 +188,20 @@ def test_demo_runs_the_story_and_writes_a_summary(tmp_path):
         assert (tmp_path / "demo" / f"{name}.pt").is_file()
     code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8")
     assert code == 0 and "[1/3] reusing" in out
+
+
+def test_evaluate_runs_an_onnx_engine_and_matches_the_source_model(tmp_path, model_file):
+    code, out = invoke("export", model_file, "-o", tmp_path / "m.onnx", "--check-samples", "16")
+    assert code == 0, out
+    code, src = invoke("evaluate", model_file, "embedded", "--trigger", "badnets", "-o", tmp_path / "src.json")
+    assert code == 0, src
+    code, eng = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--trigger", "badnets", "-o", tmp_path / "e.json")
+    assert code == 0, eng
+    assert "run by CPUExecutionProvider" in eng
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("src.json", "e.json"))
+    assert abs(a["c_acc"] - b["c_acc"]) <= 0.005 and abs(a["asr"] - b["asr"]) <= 0.005
+    code, out = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--device", "cuda")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert code == 2 and "asked for cuda" in out
