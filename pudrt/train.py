@@ -10,10 +10,8 @@ by the OS, not by the dataset.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pudrt.errors import PudrtError
 from pudrt.io.datasets import LabelledImages, SkipCounter, iter_batches
 from pudrt.models import CIFAR10_MEAN, CIFAR10_STD, Normalized, create_model
 from pudrt.progress import progress
+from pudrt.system import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +80,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def set_threads(threads: int | None) -> int:
-    """Intra-op threads: the given number, or one per core (os.sched_getaffinity, not the host's count)."""
+    """Intra-op threads: the given number, or one per available core."""
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = available_cores()
     torch.set_num_threads(threads)
     return threads
 
@@ -198,6 +197,3 @@ def train_model(
     model = model.to(memory_format=torch.contiguous_format)
     return TrainResult(model, history, time.perf_counter() - start, data.skipped)
 
-
-def config_with(cfg: TrainConfig, **changes) -> TrainConfig:
-    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})

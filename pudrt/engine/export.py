@@ -5,8 +5,9 @@ It traces with `torch.export`, so what is exported is exactly the program torch
 runs (no TorchScript scripting), dynamic batch comes from `torch.export.Dim`,
 and the same path exports the traced gradient graphs in `pudrt.engine.grad`.
 The legacy TorchScript exporter is deprecated upstream and cannot take those
-graphs. The exporter's optimizer folds constants (BatchNorm into Conv, shape
-arithmetic) before the file is written.
+graphs; it is used only for TorchScript models, which torch.export cannot trace.
+The exporter's optimizer folds constants (BatchNorm into Conv, shape arithmetic)
+before the file is written.
 
 Every export is verified on real images with ONNX Runtime: max |Δlogit|, max
 |Δfeature|, top-1 agreement, and the tolerance used; a failed check raises.
@@ -25,7 +26,7 @@ import torch.nn as nn
 
 from pudrt.errors import PudrtError
 from pudrt.io.atomic import atomic_path
-from pudrt.models import FeatureClassifier
+from pudrt.models import as_pair
 
 log = logging.getLogger(__name__)
 
@@ -77,38 +78,35 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
     """Write `model` (taking [0,1] NCHW) as ONNX with outputs `logits` and `features`, dynamic batch."""
     if opset < 17:
         raise PudrtError(f"opset {opset} is too old: pudrt exports opset ≥ 17")
-    pair = model if _returns_pair(model, example) else FeatureClassifier(model)
-    pair = pair.eval().cpu()
+    pair = as_pair(model, example).eval().cpu()
     example = example.detach().cpu().float()
     if len(example) < 2:  # a batch of 1 would let the exporter specialise the batch dimension
         example = torch.cat([example, example])
     path = Path(path)
     with atomic_path(path) as tmp:
         try:
-            program = torch.onnx.export(
-                pair, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=opset,
-                optimize=True, external_data=False,
-            )
+            if isinstance(pair, torch.jit.ScriptModule):
+                # torch.export cannot trace TorchScript; the TorchScript exporter reads it directly.
+                torch.onnx.export(pair, (example,), str(tmp), dynamo=False, input_names=[INPUT],
+                                  output_names=list(OUTPUTS), opset_version=opset, do_constant_folding=True,
+                                  dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)})
+            else:
+                program = torch.onnx.export(
+                    pair, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=opset,
+                    optimize=True, external_data=False,
+                )
+                program.save(str(tmp))
         except Exception as err:  # noqa: BLE001 - the exporter raises many types; the user needs the gist
             raise PudrtError(
                 f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}). The model must be "
                 f"traceable by torch.export: no data-dependent Python control flow in forward()."
             ) from err
-        program.save(str(tmp))
     return path
 
 
-def _returns_pair(model: nn.Module, example: torch.Tensor) -> bool:
-    if isinstance(model, FeatureClassifier):
-        return True
-    with torch.no_grad():
-        out = model.eval()(example[:2])
-    return isinstance(out, (tuple, list)) and len(out) == 2
-
-
 def reference_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]:
-    pair = model if isinstance(model, FeatureClassifier) or _returns_pair(model, images) else FeatureClassifier(model)
+    pair = as_pair(model, images)
     with torch.no_grad():
         logits, features = pair.eval()(images)
     return {"logits": logits.float().numpy(), "features": features.float().numpy()}

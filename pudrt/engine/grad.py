@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from pudrt.errors import PudrtError
 from pudrt.io.atomic import atomic_path
-from pudrt.models import FeatureClassifier
+from pudrt.models import as_pair
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,8 @@ def decompositions() -> dict:
     return table
 
 
-def _frozen(model: nn.Module) -> FeatureClassifier:
-    pair = model if isinstance(model, FeatureClassifier) else FeatureClassifier(model)
-    pair = pair.eval().cpu()
+def _frozen(model: nn.Module) -> nn.Module:
+    pair = as_pair(model).eval().cpu()
     for p in pair.parameters():  # weights are constants of the graph: only the input gradient is traced
         p.requires_grad_(False)
     return pair
@@ -166,6 +165,9 @@ def export_grad_graph(model: nn.Module, path: str | os.PathLike, example: torch.
         eps, alpha = torch.tensor(6 / 255), torch.tensor(1.2 / 255)
         fn, args = pgd_fn(pair, steps), (x, y, x.clone(), eps, alpha)
         names, outputs = ["input", "label", "start", "eps", "alpha"], ["x_adv", "logits"]
+    if isinstance(pair, torch.jit.ScriptModule):
+        raise PudrtError("gradient graphs are traced through torch.func, which cannot run TorchScript; export the "
+                         "gradient graph from the state dict or .pt2 file of this model")
     gm = trace(fn, args)
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if a.dim() > 0 else None for a in args)

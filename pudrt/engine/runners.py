@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from pudrt.errors import PudrtError
+from pudrt.system import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,13 @@ def _as_numpy(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 class TorchRunner:
     """Eager PyTorch: the reference every engine is compared against."""
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None):
-        from pudrt.models import FeatureClassifier
+        from pudrt.models import as_pair
 
-        self.model = model if isinstance(model, FeatureClassifier) else FeatureClassifier(model)
-        self.model.eval()
+        self.model = as_pair(model).eval()
         self.device = torch.device(device) if device is not None else next(self.model.parameters()).device
         self.model.to(self.device)
         self.provider = f"torch-{self.device.type}"
@@ -100,7 +96,7 @@ class OrtRunner:
         available = ort.get_available_providers()
         providers = choose_providers(device, available)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
+        options.intra_op_num_threads = threads or available_cores()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -14,6 +14,7 @@ classes, an empty class, labels out of range, wrong array shapes) raise a
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pudrt.errors import PudrtError
+from pudrt.system import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class LabelledImages(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
+    @functools.cached_property
     def poison_indices(self) -> np.ndarray | None:
         """Ground-truth poison indices when the dataset was written by `pudrt poison`."""
         if self.poison is None:
@@ -589,4 +591,4 @@ def default_workers() -> int:
     env = os.environ.get("PUDRT_WORKERS")
     if env is not None:
         return max(0, int(env))
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return max(1, min(8, available_cores() - 1))

@@ -69,6 +69,24 @@ class ModelInfo:
         )
 
 
+class _InferenceOnly(nn.Module):
+    """A `torch.export` program's module, which is already in inference form and refuses `.train()`/`.eval()`.
+
+    Accepting them as no-ops lets the rest of pudrt treat it like any module.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> _InferenceOnly:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor):
+        return self.module(x)
+
+
 class PairOutputs(nn.Module):
     """Logits of a model whose forward returns `(logits, features)` (pudrt's TorchScript/.pt2 saves)."""
 
@@ -164,7 +182,8 @@ def load_model(
             ep = torch.export.load(str(path), extra_files=extra)
         except Exception as err:  # noqa: BLE001 - torch raises many types for a bad archive
             raise PudrtError(f"{path}: not a readable torch.export (.pt2) program ({err})") from None
-        return _finish_packaged(ep.module(), extra["pudrt.json"], "export", path, num_classes, mean, std)
+        return _finish_packaged(_InferenceOnly(ep.module()), extra["pudrt.json"], "export", path, num_classes, mean,
+                                std)
     if fmt == "safetensors":
         from safetensors.torch import load_file, safe_open
 
@@ -280,8 +299,7 @@ def _head_classes(arch: str, state: dict, path: Path) -> int:
 
 def _finish_packaged(net, meta_text, fmt, path, num_classes, mean, std) -> LoadedModel:
     info = ModelInfo.from_json(meta_text) if meta_text else None
-    if fmt == "torchscript":
-        net.eval()  # an exported program's module is already in eval form and refuses .eval()
+    net.eval()
     if info is not None:  # saved by pudrt: returns (logits, features), normalisation inside
         if mean is not None:
             raise PudrtError(f"{path} was saved by pudrt with its input normalisation inside; drop --mean/--std")

@@ -1,7 +1,7 @@
 """Reference architectures, the registry, and the (logits, features) adapter."""
 
 from pudrt.models import preact_resnet, resnet_small  # noqa: F401  (registers the architectures)
-from pudrt.models.adapter import FeatureClassifier, Normalize, Normalized, find_linear_head
+from pudrt.models.adapter import FeatureClassifier, Normalize, Normalized, as_pair, find_linear_head
 from pudrt.models.registry import create_model, list_models, register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -13,6 +13,7 @@ __all__ = [
     "FeatureClassifier",
     "Normalize",
     "Normalized",
+    "as_pair",
     "create_model",
     "find_linear_head",
     "list_models",

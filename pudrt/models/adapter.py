@@ -70,6 +70,25 @@ class FeatureClassifier(nn.Module):
         return self.head(features), features
 
 
+def as_pair(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Module:
+    """`model` as a module returning (logits, features): itself when it already returns a pair
+    (a FeatureClassifier, or a TorchScript/.pt2 model saved by pudrt), else a `FeatureClassifier`."""
+    if isinstance(model, FeatureClassifier):
+        return model
+    probe = example_input[:2] if example_input is not None else torch.rand(2, 3, 32, 32)
+    was_training = model.training
+    with torch.no_grad():
+        try:
+            out = model.eval()(probe)
+        except Exception:  # noqa: BLE001 - FeatureClassifier's head search reports a failing model clearly
+            out = None
+        finally:
+            model.train(was_training)
+    if isinstance(out, (tuple, list)) and len(out) == 2:
+        return model
+    return FeatureClassifier(model, example_input)
+
+
 class _ForwardFeatures(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -205,3 +205,15 @@ def test_evaluate_runs_an_onnx_engine_and_matches_the_source_model(tmp_path, mod
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert code == 2 and "asked for cuda" in out
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".ts"])
+def test_export_accepts_models_saved_as_programs(tmp_path, suffix):
+    from pudrt.io.models import save_model
+    from pudrt.models import CIFAR10_MEAN, CIFAR10_STD, Normalized, create_model
+
+    path = save_model(Normalized(create_model("resnet8", 10), CIFAR10_MEAN, CIFAR10_STD).eval(),
+                      tmp_path / f"m{suffix}", "resnet8", 10)
+    code, out = invoke("export", path, "-o", tmp_path / "m.onnx", "--check-samples", "16")
+    assert code == 0, out
+    assert "top-1 agreement 100.00%" in out
