@@ -88,14 +88,18 @@ def set_threads(threads: int | None) -> int:
 
 
 class Materialized:
-    """A dataset decoded once into a uint8 NCHW memmap in a temporary folder."""
+    """A dataset decoded once into a uint8 NCHW memmap in a temporary folder.
+
+    Row i holds dataset sample `index[i]`: unreadable samples are skipped, so rows
+    and dataset indices differ once one is.
+    """
 
     def __init__(self, dataset: LabelledImages, batch_size: int = 512):
         self._dir = tempfile.TemporaryDirectory(prefix="pudrt-train-")
         skips = SkipCounter(dataset)
         first = None
         x = None
-        labels, n = [], 0
+        labels, index, n = [], [], 0
         for batch in progress(iter_batches(dataset, batch_size, skips=skips), "decoding",
                               total=-(-len(dataset) // batch_size)):
             if first is None:
@@ -103,11 +107,13 @@ class Materialized:
                 x = np.lib.format.open_memmap(Path(self._dir.name) / "x.npy", "w+", np.uint8, (len(dataset), *first))
             x[n : n + len(batch.y)] = batch.x.numpy()
             labels.append(batch.y.numpy())
+            index.append(batch.index.numpy())
             n += len(batch.y)
         if n == 0:
             raise PudrtError(f"{dataset.root}: no readable samples to train on")
         self.x = x[:n]
         self.y = np.concatenate(labels)
+        self.index = np.concatenate(index)
         self.skipped = len(skips)
 
     def __len__(self) -> int:

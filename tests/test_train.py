@@ -3,28 +3,17 @@ import pytest
 import torch
 
 from pudrt.attacks import BadNets
-from pudrt.attacks.poison import poison_dataset
 from pudrt.errors import PudrtError
 from pudrt.evaluate import attack_success_rate, clean_accuracy
-from pudrt.io import open_dataset
 from pudrt.train import TrainConfig, augment_batch, train_model
 
-# Few epochs on the embedded subset; without crop augmentation a 3×3 corner trigger is learnt
-# in a handful of epochs (random crops move it, which slows learning it down).
 QUICK = TrainConfig(arch="resnet8", epochs=4, lr=0.1, batch_size=128, augment=False)
 
 
-@pytest.fixture(scope="module")
-def poisoned(tmp_path_factory, train_data):
-    out = tmp_path_factory.mktemp("poisoned") / "badnets"
-    poison_dataset(train_data, BadNets(), out, "npz")
-    return open_dataset(out)
-
-
-def test_poisoned_training_plants_a_backdoor_that_clean_training_does_not(poisoned, train_data, test_data):
+def test_poisoned_training_plants_a_backdoor_that_clean_training_does_not(badnets_model, clean_model, test_data):
+    # The models are the session fixtures of conftest.py, trained with QUICK's settings.
     attack = BadNets()
-    infected = train_model(poisoned, QUICK).model
-    clean = train_model(train_data, QUICK).model
+    infected, clean = badnets_model, clean_model
     asr_infected = attack_success_rate(infected, test_data, attack)
     asr_clean = attack_success_rate(clean, test_data, attack)
     assert asr_infected >= 0.85, asr_infected

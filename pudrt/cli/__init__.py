@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from pudrt.cli import demo, evaluate, export, pending, poison, train
+from pudrt.cli import demo, evaluate, export, pending, poison, purify, train
 from pudrt.errors import PudrtError
 
 app = typer.Typer(
@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("purify")(pending.purify)
+app.command("purify")(purify.purify)
 app.command("scan")(pending.scan)
 app.command("evaluate")(evaluate.evaluate)
 app.command("export")(export.export)

@@ -9,11 +9,6 @@ def _pending(what: str) -> None:
     raise PudrtError(f"`pudrt {what}` is not ready yet in this release; see the README's roadmap.")
 
 
-def purify() -> None:
-    """Repair a possibly backdoored model without clean data (PUD, PBE, AdvrBD). Not ready yet."""
-    _pending("purify")
-
-
 def scan() -> None:
     """Score every sample of an untrusted dataset for poisoning. Not ready yet."""
     _pending("scan")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from pudrt.attacks.base import PoisonAttack
@@ -50,3 +51,33 @@ def attack_success_rate(model: Logits, dataset: LabelledImages, attack: PoisonAt
     pred, y = predict(model, dataset, attack, batch_size)
     hits, count = attack.attack_success(pred, y, dataset.num_classes)
     return hits / count if count else float("nan")
+
+
+def adversarial_accuracy(model: torch.nn.Module, dataset: LabelledImages, eps: float = 6 / 255, steps: int = 7,
+                         alpha: float | None = None, limit: int | None = None, batch_size: int = 256) -> float:
+    """adv_acc@PGD-k/ε: accuracy on untargeted L∞ PGD examples of `limit` evenly spaced samples (default all).
+
+    Uses the same `PGD` as purification, so numbers in a purify history and in
+    `pudrt evaluate` are the same measurement. Needs a differentiable torch model.
+    """
+    from pudrt.attacks.pgd import PGD
+
+    pgd = PGD(model, eps=eps, alpha=alpha, steps=steps)
+    indices = None
+    if limit is not None and limit < len(dataset):
+        indices = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(np.int64))
+    correct = seen = 0
+    was = model.training
+    model.eval()
+    try:
+        for batch in iter_batches(dataset, batch_size, indices=indices):
+            x, y = batch.float(), batch.y
+            x_adv = pgd(x, y)
+            with torch.no_grad():
+                out = model(x_adv)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+    finally:
+        model.train(was)
+    return correct / seen if seen else float("nan")

@@ -111,6 +111,10 @@ class LabelledImages(torch.utils.data.Dataset):
             return Skipped(i, self.ids[i], str(err))
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), int(self.labels[i]), i
 
+    def subset(self, indices: Sequence[int] | np.ndarray) -> LabelledImages:
+        """A view of samples `indices` (new indices 0..len-1; ids, labels and poison ground truth carried)."""
+        return SubsetImages(self, indices)
+
     def check_num_classes(self, num_classes: int) -> None:
         """Raise when the labels do not fit a model with `num_classes` outputs."""
         top = int(self.labels.max()) if len(self.labels) else -1
@@ -119,6 +123,24 @@ class LabelledImages(torch.utils.data.Dataset):
                 f"{self.root}: labels go up to {top} but the model has {num_classes} classes. "
                 f"Pass the right --num-classes, or check that the data belongs to this model."
             )
+
+
+class SubsetImages(LabelledImages):
+    """Some samples of another dataset, read through it."""
+
+    def __init__(self, parent: LabelledImages, indices: Sequence[int] | np.ndarray):
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(parent)):
+            raise PudrtError(f"subset indices must lie in 0..{len(parent) - 1}")
+        self.parent, self._idx = parent, idx
+        self.root, self.classes = parent.root, parent.classes
+        self.ids = [parent.ids[i] for i in idx]
+        self.labels = parent.labels[idx]
+        self.image_size = parent.image_size
+        self.poison = parent.poison
+
+    def _read(self, i: int) -> bytes | np.ndarray:
+        return self.parent._read(int(self._idx[i]))
 
 
 def _decode(raw: bytes) -> np.ndarray:

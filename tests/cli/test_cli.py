@@ -1,11 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from pudrt.cli import app
-from pudrt.io import open_dataset
+from pudrt.io import iter_batches, open_dataset
 
 runner = CliRunner()
 
@@ -29,7 +30,7 @@ def test_help_lists_every_command():
         assert cmd in out
 
 
-@pytest.mark.parametrize("cmd", ["purify", "scan"])
+@pytest.mark.parametrize("cmd", ["scan"])
 def test_commands_still_being_built_say_so(cmd):
     code, out = invoke(cmd)
     assert code == 2 and "not ready yet" in out
@@ -111,11 +112,13 @@ def model_file(tmp_path_factory):
 
 
 def test_evaluate_reports_c_acc_and_asr_and_writes_json(tmp_path, model_file):
-    code, out = invoke("evaluate", model_file, "embedded", "--trigger", "badnets", "-o", tmp_path / "r.json")
+    code, out = invoke("evaluate", model_file, "embedded", "--trigger", "badnets", "-o", tmp_path / "r.json",
+                       "--adv-samples", "100")
     assert code == 0, out
-    assert "C-Acc" in out and "ASR" in out
+    assert "C-Acc" in out and "ASR" in out and "adv_acc@PGD-7/6" in out
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["samples"] == 2000 and 0 <= result["c_acc"] <= 1 and 0 <= result["asr"] <= 1
+    assert 0 <= result["adv_acc@PGD-10/8"] <= result["adv_acc@PGD-7/6"] + 0.05
 
 
 def test_evaluate_refuses_a_pickled_model_and_names_the_flag(tmp_path):
@@ -124,7 +127,7 @@ def test_evaluate_refuses_a_pickled_model_and_names_the_flag(tmp_path):
     torch.save(create_model("resnet8", 10), tmp_path / "full.pt")
     code, out = invoke("evaluate", tmp_path / "full.pt", "embedded")
     assert code == 2 and "--unsafe-pickle" in out
-    code, out = invoke("evaluate", tmp_path / "full.pt", "embedded", "--unsafe-pickle")
+    code, out = invoke("evaluate", tmp_path / "full.pt", "embedded", "--unsafe-pickle", "--adv-samples", "0")
     assert code == 0 and "C-Acc" in out
 
 
@@ -193,7 +196,8 @@ def test_demo_runs_the_story_and_writes_a_summary(tmp_path):
 def test_evaluate_runs_an_onnx_engine_and_matches_the_source_model(tmp_path, model_file):
     code, out = invoke("export", model_file, "-o", tmp_path / "m.onnx", "--check-samples", "16")
     assert code == 0, out
-    code, src = invoke("evaluate", model_file, "embedded", "--trigger", "badnets", "-o", tmp_path / "src.json")
+    code, src = invoke("evaluate", model_file, "embedded", "--trigger", "badnets", "-o", tmp_path / "src.json",
+                       "--adv-samples", "0")
     assert code == 0, src
     code, eng = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--trigger", "badnets", "-o", tmp_path / "e.json")
     assert code == 0, eng
@@ -217,3 +221,53 @@ def test_export_accepts_models_saved_as_programs(tmp_path, suffix):
     code, out = invoke("export", path, "-o", tmp_path / "m.onnx", "--check-samples", "16")
     assert code == 0, out
     assert "top-1 agreement 100.00%" in out
+
+
+# -- purify ---------------------------------------------------------------------------
+
+
+def write_subset(dataset, indices, path):
+    """Decode some samples of `dataset` into an .npz with `x` (NHWC uint8) and `y`."""
+    xs, ys = [], []
+    for batch in iter_batches(dataset, 256, indices=indices, workers=0):
+        xs.append(batch.x.permute(0, 2, 3, 1).numpy())
+        ys.append(batch.y.numpy())
+    np.savez(path, x=np.concatenate(xs), y=np.concatenate(ys))
+    return path
+
+
+def test_purify_writes_model_onnx_pools_history_and_report(tmp_path, badnets_model, badnets_data):
+    from pudrt.io.models import save_model
+
+    model = save_model(badnets_model, tmp_path / "infected.pt", "resnet8", 10)
+    data = write_subset(badnets_data, np.arange(0, 10000, 20), tmp_path / "data.npz")
+    out = tmp_path / "purified"
+    code, text = invoke("purify", model, data, "-o", out, "--epochs-scale", "0.1", "--method", "pbe")
+    assert code == 0, text
+    assert "ONNX export" in text and "target class:" in text
+    for name in ("model.pt", "model.onnx", "clean_indices.npy", "poison_indices.npy", "scores.csv", "history.json",
+                 "report.md", "target.json"):
+        assert (out / name).is_file(), name
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["pudrt"]["arch"] == "resnet8"
+    history = json.loads((out / "history.json").read_text())
+    assert history["method"] == "pbe" and [r["step"] for r in history["steps"]] == [1, 2, 3, 4]
+    assert len(np.load(out / "clean_indices.npy")) == round(0.7 * 500)
+    # a second run with the same options resumes from the last checkpoint instead of training again
+    code, text = invoke("purify", model, data, "-o", out, "--epochs-scale", "0.1", "--method", "pbe")
+    assert code == 0, text
+    code, text = invoke("purify", model, data, "-o", out, "--epochs-scale", "0.2", "--method", "pbe")
+    assert code == 2 and "different settings" in text and "--restart" in text
+
+
+def test_purify_refuses_inference_only_models_and_stray_options(tmp_path, badnets_model):
+    from pudrt.io.models import save_model
+
+    ts = save_model(badnets_model, tmp_path / "m.ts", "resnet8", 10)
+    code, text = invoke("purify", ts, "embedded", "-o", tmp_path / "o")
+    assert code == 2 and "inference-only" in text
+    pt = save_model(badnets_model, tmp_path / "m.pt", "resnet8", 10)
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--trigger", "badnets")
+    assert code == 2 and "--trigger needs --eval-data" in text
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "nad")
+    assert code == 2 and "--method must be one of pud, pbe, advrbd" in text

@@ -1,0 +1,81 @@
+"""`pudrt purify MODEL DATA -o OUT`: repair a possibly backdoored model with its own untrusted data.
+
+OUT receives the purified model (same format as MODEL) and its verified ONNX
+export, clean_indices.npy / poison_indices.npy / scores.csv for DATA,
+target.json (the discovered target class and its evidence), history.json (per
+step: pools, losses, and with --eval-data C-Acc, ASR and adv_acc@PGD-7/6),
+report.md, and checkpoints/ so that a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pudrt.attacks import attack_from_params, load_trigger
+from pudrt.cli.common import DataOpt, ImageSizeOpt, ModelOpts, dataset_arg, load_model_from_opts
+from pudrt.errors import PudrtError
+
+log = logging.getLogger(__name__)
+
+
+def purify(
+    model: Annotated[Path, typer.Argument(help="The possibly infected model: a state dict (.pt) or .safetensors.")],
+    data: Annotated[str | None, typer.Argument(help="Its untrusted, labelled training data (default --data / "
+                                                    "PUDRT_DATA / embedded).")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("purified"),
+    method: Annotated[str, typer.Option(help="pud (default), pbe or advrbd.")] = "pud",
+    epochs_scale: Annotated[float, typer.Option(help="Multiply every epoch count of the method's schedule "
+                                                     "(e.g. 0.1 for a quick run).")] = 1.0,
+    eval_data: Annotated[str | None, typer.Option(help="Test data for per-step C-Acc / ASR / adv_acc "
+                                                      "('embedded' for the embedded test split).")] = None,
+    trigger: Annotated[str | None, typer.Option(help="Attack name or poison.json for ASR (default: DATA's "
+                                                    "poison.json, if any). Never used to find the target.")] = None,
+    adv_samples: Annotated[int, typer.Option(help="Test samples attacked for adv_acc@PGD-7/6 per step.")] = 1000,
+    lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: the method's).")] = None,
+    clean_weight: Annotated[float, typer.Option(help="Mix this weight of clean-image loss into adversarial "
+                                                     "epochs (0 = the authors' pure PGD fine-tuning).")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: one per core).")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="Stop after this many steps (resume later).")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore checkpoints in OUT and start over.")] = False,
+    no_onnx: Annotated[bool, typer.Option("--no-onnx", help="Skip the ONNX export of the result.")] = False,
+    arch: ModelOpts.arch = None,
+    num_classes: ModelOpts.num_classes = None,
+    mean: ModelOpts.mean = None,
+    std: ModelOpts.std = None,
+    unsafe_pickle: ModelOpts.unsafe_pickle = False,
+    image_size: ImageSizeOpt = None,
+    data_opt: DataOpt = None,
+) -> None:
+    """Purify a model without clean data: PUD by default; the target class is found, never given."""
+    from pudrt.purify import Evaluation, PurifyConfig
+    from pudrt.purify import purify as run_purify
+    from pudrt.purify.report import finish
+
+    cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
+                                  clean_weight=clean_weight,
+                                  threads=threads, **({"lr": lr} if lr is not None else {}))
+    loaded = load_model_from_opts(model, arch, num_classes, mean, std, unsafe_pickle)
+    if loaded.info.format not in ("state_dict", "pickle"):
+        raise PudrtError(f"{model}: purify fine-tunes the weights, so it needs a state dict or safetensors file "
+                         f"(with --arch if it has no pudrt metadata); {loaded.info.format} models are inference-only")
+    dataset = dataset_arg(data or data_opt, "train", image_size)
+    evaluation = None
+    if eval_data is not None:
+        attack = load_trigger(trigger) if trigger else None
+        if attack is None and dataset.poison is not None and "params" in dataset.poison:
+            attack = attack_from_params(dataset.poison["params"])
+        test = dataset_arg(eval_data, "test", image_size)
+        test.check_num_classes(loaded.info.num_classes)
+        evaluation = Evaluation(test, attack, adv_limit=adv_samples)
+    elif trigger is not None:
+        raise PudrtError("--trigger needs --eval-data: ASR is measured on triggered test images")
+    typer.echo(f"purifying {model} ({loaded.info.arch}) with {cfg.method.upper()} on {dataset.describe()}")
+    result = run_purify(loaded.net, dataset, cfg, output, loaded.info.num_classes, evaluation, stop_after, restart)
+    for line in finish(result, loaded, model, output, cfg, not no_onnx):
+        typer.echo(line)

@@ -1,0 +1,107 @@
+"""What a purification run does, as one frozen, validated object per method."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from pudrt.errors import PudrtError
+
+METHODS = ("pud", "pbe", "advrbd")
+
+
+@dataclass(frozen=True)
+class PurifyConfig:
+    """Hyperparameters of PUD, PBE and AdvrBD; `for_method` fills each method's published defaults.
+
+    Epoch counts are the authors' and are multiplied by `epochs_scale` (rounded
+    up, at least 1), so `--epochs-scale 0.1` is a quick run of the same schedule.
+    """
+
+    method: str = "pud"
+    epochs: tuple[int, ...] = (10, 10, 10, 10, 30)
+    """Training epochs of each progressive step."""
+    rates: tuple[float, ...] = (0.2, 0.4, 0.7, 0.8, 0.9)
+    """Share of DATA in the clean pool after each step's data purification."""
+    initial_clean: float = 0.05
+    """Share of DATA drawn at random as the first clean pool."""
+    adv_epochs_later: int = 1
+    """Adversarial epochs at the start of every step after the first (the first step is all adversarial)."""
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    eps: float = 6 / 255
+    steps: int = 7
+    alpha: float | None = None
+    """PGD step; None means eps / 5."""
+    clean_weight: float = 0.0
+    """Weight of the clean-batch loss mixed into adversarial epochs; 0 is the authors' pure PGD fine-tuning."""
+    teacher: bool = True
+    ema_decay: float = 0.99
+    consistency_weight: float = 0.05
+    spectre: bool = True
+    unlearn: bool = True
+    unlearn_weight: float = 0.003
+    anchor_weight: float = 1e-4
+    poison_share: float = 0.01
+    """Share of DATA at the bottom of the consistency ranking that goes into the poison pool."""
+    epochs_scale: float = 1.0
+    augment: bool = True
+    discovery_samples: int = 2000
+    """Samples attacked with untargeted PGD to find the target class."""
+    # AdvrBD
+    kl_radius: int = 4
+    """AdvrBD: half-width of the random square patch the KL perturbation may touch."""
+    kl_eps: float = 16 / 255
+    seed_share: float = 0.1
+    """AdvrBD: share of DATA with the highest KL taken as the first clean picks."""
+    enhance_epochs: int = 5
+    clean_epochs: int = 15
+    relearn_epochs: int = 5
+    seed: int = 0
+    threads: int | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise PudrtError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.epochs_scale > 0:
+            raise PudrtError(f"--epochs-scale must be positive, got {self.epochs_scale}")
+        if len(self.epochs) != len(self.rates) + (self.method == "pbe"):
+            raise PudrtError(f"{self.method}: {len(self.epochs)} steps need "
+                             f"{len(self.epochs) - (self.method == 'pbe')} clean-pool rates, got {len(self.rates)}")
+        if any(not 0 < r < 1 for r in self.rates) or not 0 < self.initial_clean < 1:
+            raise PudrtError(f"clean-pool rates must lie in (0, 1), got {self.initial_clean}, {self.rates}")
+        if self.eps < 0 or self.steps < 0:
+            raise PudrtError(f"PGD needs eps >= 0 and steps >= 0, got {self.eps}, {self.steps}")
+        if not 0 <= self.clean_weight <= 1:
+            raise PudrtError(f"--clean-weight must be in [0, 1], got {self.clean_weight}")
+        if self.batch_size < 2:
+            raise PudrtError(f"--batch-size must be at least 2, got {self.batch_size}")
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> PurifyConfig:
+        """PUD: 5 steps, teacher, SPECTRE, unlearning. PBE: 4 steps, lr 0.001, none of those.
+        AdvrBD: its own four stages (the progressive fields are unused)."""
+        presets = {
+            "pud": {},
+            "pbe": dict(epochs=(10, 10, 10, 10), rates=(0.2, 0.5, 0.7), lr=0.001, teacher=False, spectre=False,
+                        unlearn=False),
+            "advrbd": dict(epochs=(), rates=(), teacher=False, spectre=False, unlearn=False),
+        }
+        if method not in presets:
+            raise PudrtError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        return cls(method=method, **{**presets[method], **overrides})
+
+    def scaled(self, epochs: int) -> int:
+        return max(1, math.ceil(epochs * self.epochs_scale))
+
+    @property
+    def pgd_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else self.eps / 5
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return d

@@ -1,0 +1,153 @@
+"""Find the backdoor target class without being told it (PUD/PBE Figure 1, cross-checked with SPECTRE).
+
+Evidence per class, each a robust z-score across classes (median and MAD, so
+that ordinary confusions such as cat ↔ dog set the yardstick, not 1/K):
+
+* **adversarial collapse**: the share of successful untargeted PGD flips from
+  other classes that land in the class. An infected model's adversarial
+  examples collapse into its target (the PUD/PBE observation).
+* **adversarial survival**: the share of the class's correctly classified
+  samples that PGD cannot flip. Relabelled poisons carry the trigger and are
+  far more robust than clean images (the AdvrBD observation), so the target
+  class, which holds them, survives where no other class does.
+* **SPECTRE outlier mass**: the share of the class outside a robust Gaussian
+  fit of its penultimate features. Reported, and added when positive; on small,
+  briefly trained models it separates poorly (heavy-tailed features), so it
+  cannot name a class by itself.
+
+A class is named only when its summed evidence is large (≥ `MIN_SCORE`) *and*
+clearly ahead of every other class (by `MIN_GAP`): on a small model the
+collapse alone is weak (DESIGN.md: about 20% of flips into the target, 11% by
+chance), and a plain argmax would name a class for every clean model. Otherwise
+the answer is "none": a clean model, or an all-to-all attack, which has no
+single target.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pudrt.attacks.pgd import PGD
+from pudrt.progress import progress
+from pudrt.purify.loops import forward_all, pixels
+from pudrt.scores import outlier_mass
+from pudrt.train import Materialized
+
+log = logging.getLogger(__name__)
+
+MIN_SCORE = 6.0
+"""Summed robust z-scores a class needs to be named."""
+MIN_GAP = 3.0
+"""... and its lead over the runner-up."""
+
+
+@dataclass
+class TargetEvidence:
+    target_class: int | None
+    statement: str
+    flips: list[int]
+    """Successful untargeted PGD flips landing in each class (from samples of other classes)."""
+    flip_share: list[float]
+    flip_z: list[float]
+    survival: list[float]
+    """Share of each class's correctly classified attacked samples that PGD could not flip."""
+    survival_z: list[float]
+    outlier_mass: list[float]
+    mass_z: list[float]
+    score: list[float]
+    attacked: int
+    flipped: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _robust_z(values: np.ndarray, floor: float) -> np.ndarray:
+    med = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - med))
+    return (values - med) / max(mad, floor)
+
+
+def adversarial_histogram(model: nn.Module, data: Materialized, idx: np.ndarray, classes: int, eps: float,
+                          steps: int, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per class: flips into it from other classes (`into`), flips from other classes (`possible`),
+    correctly classified samples attacked (`attacked`) and those PGD could not flip (`survived`)."""
+    pgd = PGD(model, eps=eps, alpha=eps / 4, steps=steps)
+    into = np.zeros(classes, np.int64)
+    from_src = np.zeros(classes, np.int64)  # successful flips whose source class is c
+    attacked = np.zeros(classes, np.int64)
+    survived = np.zeros(classes, np.int64)
+    for i in progress(range(0, len(idx), batch_size), "target discovery (PGD)", total=-(-len(idx) // batch_size)):
+        x, y = pixels(data, np.sort(idx[i : i + batch_size]))
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+        if not ok.any():
+            continue
+        x, y = x[ok], y[ok]
+        attacked += np.bincount(y.numpy(), minlength=classes)
+        x_adv = pgd(x, y)
+        with torch.no_grad():
+            pred = model(x_adv).argmax(1)
+        flipped = pred != y
+        into += np.bincount(pred[flipped].numpy(), minlength=classes)
+        from_src += np.bincount(y[flipped].numpy(), minlength=classes)
+        survived += np.bincount(y[~flipped].numpy(), minlength=classes)
+    # Flips into t can only come from sources other than t.
+    return {"into": into, "possible": int(into.sum()) - from_src, "attacked": attacked, "survived": survived}
+
+
+def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, classes: int, eps: float = 8 / 255,
+                    steps: int = 10, samples: int = 2000, per_class_features: int = 1000,
+                    seed: int = 0) -> TargetEvidence:
+    """Name the backdoor target class of `model`, with the evidence, or say there is none.
+
+    `pair` is the same model returning (logits, features). Up to `samples`
+    samples (stratified by label) are attacked; SPECTRE reads up to
+    `per_class_features` samples of each class.
+    """
+    rng = np.random.default_rng(seed)
+    per_class = max(1, samples // classes)
+    pick, feat_pick = [], []
+    for c in range(classes):
+        members = np.flatnonzero(data.y == c)
+        pick.append(rng.permutation(members)[:per_class])
+        feat_pick.append(rng.permutation(members)[:per_class_features])
+    idx = np.concatenate(pick)
+    h = adversarial_histogram(model, data, idx, classes, eps, steps)
+    into, possible = h["into"], h["possible"]
+    share = into / np.maximum(possible, 1)
+    flip_z = _robust_z(share, floor=0.02)
+    survival = h["survived"] / np.maximum(h["attacked"], 1)
+    survival_z = _robust_z(survival, floor=0.02)
+
+    mass = np.zeros(classes)
+    for c in range(classes):
+        if len(feat_pick[c]) >= 8:
+            _, feats = forward_all(pair, data, np.sort(feat_pick[c]), desc=f"features of class {c}")
+            mass[c], _ = outlier_mass(feats)
+    mass_z = _robust_z(mass, floor=0.02)
+    score = flip_z + survival_z + np.maximum(mass_z, 0)
+    order = np.argsort(-score)
+    best, runner_up = int(order[0]), float(score[order[1]]) if classes > 1 else 0.0
+    evidence = (f"{share[best]:.0%} of untargeted PGD flips from other classes land in class {best} (median class "
+                f"{np.median(share):.0%}, z={flip_z[best]:.1f}); {survival[best]:.0%} of its samples survive PGD "
+                f"(median {np.median(survival):.0%}, z={survival_z[best]:.1f}); {mass[best]:.0%} lie outside a "
+                f"robust fit of its features (median {np.median(mass):.0%}, z={mass_z[best]:.1f})")
+    if score[best] >= MIN_SCORE and score[best] - runner_up >= MIN_GAP:
+        target = best
+        statement = f"class {best}: {evidence}; evidence {score[best]:.1f} vs {runner_up:.1f} for the next class"
+    else:
+        target = None
+        statement = (f"none: no class stands out (strongest is class {best} with evidence {score[best]:.1f}, next "
+                     f"{runner_up:.1f}; naming one needs ≥ {MIN_SCORE:g} and a lead of ≥ {MIN_GAP:g}). This is a "
+                     f"clean model, or an all-to-all attack, which has no single target. {evidence}")
+    log.info("target discovery: %s", statement)
+    return TargetEvidence(target, statement, into.tolist(), share.round(4).tolist(), flip_z.round(2).tolist(),
+                          survival.round(4).tolist(), survival_z.round(2).tolist(), mass.round(4).tolist(),
+                          mass_z.round(2).tolist(), score.round(2).tolist(), int(h["attacked"].sum()),
+                          int(into.sum()))

@@ -1,0 +1,152 @@
+"""The training and scoring loops that PUD, PBE and AdvrBD share.
+
+All of them read the decoded dataset (`pudrt.train.Materialized`) by index, so
+every pool is just an index array.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pudrt.attacks.pgd import PGD
+from pudrt.progress import progress
+from pudrt.purify.teacher import MeanTeacher
+from pudrt.train import Materialized, augment_batch
+
+
+def pixels(data: Materialized, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float NCHW in [0, 1] and labels of samples `idx` (read in sorted order for the page cache)."""
+    idx = np.asarray(idx)
+    return torch.from_numpy(data.x[idx]).float().div_(255.0), torch.from_numpy(data.y[idx]).long()
+
+
+def shuffled_batches(idx: np.ndarray, batch_size: int, gen: torch.Generator) -> list[np.ndarray]:
+    idx = np.asarray(idx)
+    order = idx[torch.randperm(len(idx), generator=gen).numpy()]
+    return [np.sort(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def clone_trainable(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` in train mode with every parameter trainable (the infected model stays frozen)."""
+    clone = copy.deepcopy(model)
+    for p in clone.parameters():
+        p.requires_grad_(True)
+    return clone.train()
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean-teacher consistency: squared distance of the two softmaxes, summed over classes, mean over samples."""
+    return (F.softmax(student_logits, 1) - F.softmax(teacher_logits.detach(), 1)).pow(2).sum(1).mean()
+
+
+def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materialized, idx: np.ndarray,
+                   gen: torch.Generator, batch_size: int, pgd: PGD | None = None,
+                   teacher: MeanTeacher | None = None, consistency_weight: float = 0.0,
+                   augment: bool = True, labels: np.ndarray | None = None, clean_weight: float = 0.0,
+                   desc: str = "epoch") -> dict:
+    """One epoch of (adversarial) fine-tuning on samples `idx`.
+
+    With `pgd`, each batch is replaced by its untargeted PGD examples labelled
+    with the sample's own label (PBE/PUD model purification); with `teacher`,
+    a softmax-MSE consistency term to the EMA teacher is added and the teacher
+    is updated after each step. `clean_weight` > 0 mixes in the loss on the
+    clean batch: (1 − w)·CE(x_adv) + w·CE(x). `labels` overrides the dataset's
+    labels (AdvrBD relabelling).
+    """
+    student.train()
+    loss_sum = cons_sum = 0.0
+    correct = seen = adv_seen = 0
+    for b in progress(shuffled_batches(idx, batch_size, gen), desc):
+        x, y = pixels(data, b)
+        if labels is not None:
+            y = torch.from_numpy(labels[b]).long()
+        if augment:
+            x = augment_batch(x, gen)
+        x_clean = x
+        if pgd is not None:
+            x = pgd(x, y)  # PGD switches to eval mode and back
+            adv_seen += len(y)
+        logits = student(x)
+        loss = F.cross_entropy(logits, y)
+        if pgd is not None and clean_weight > 0:
+            loss = (1 - clean_weight) * loss + clean_weight * F.cross_entropy(student(x_clean), y)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            cons = softmax_mse(logits, t_logits)
+            loss = loss + consistency_weight * cons
+            cons_sum += float(cons.detach()) * len(y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if teacher is not None:
+            teacher.update(student)
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    row = {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "samples": seen,
+           "adversarial_samples": adv_seen}
+    if teacher is not None:
+        row["consistency"] = cons_sum / max(seen, 1)
+    return row
+
+
+def unlearn_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materialized, clean_idx: np.ndarray,
+                  poison_idx: np.ndarray, anchor: list[torch.Tensor], gen: torch.Generator, batch_size: int,
+                  unlearn_weight: float, anchor_weight: float, desc: str = "unlearning") -> dict:
+    """Backdoor unlearning (PUD): CE(clean batch) − w·CE(poison batch) + λ·‖θ − θ₀‖₁.
+
+    One pass over the poison pool, each poison batch paired with a clean batch;
+    the L1 anchor keeps the weights near θ₀ so that ascending the poison loss
+    cannot wreck the model.
+    """
+    student.train()
+    if len(poison_idx) == 0 or len(clean_idx) == 0:
+        return {"unlearn_loss": 0.0, "poison_ce": 0.0, "batches": 0}
+    p_batches = shuffled_batches(poison_idx, batch_size, gen)
+    c_batches = shuffled_batches(clean_idx, batch_size, gen)
+    total = pce = 0.0
+    for i, pb in enumerate(progress(p_batches, desc)):
+        xc, yc = pixels(data, c_batches[i % len(c_batches)])
+        xp, yp = pixels(data, pb)
+        ce_clean = F.cross_entropy(student(xc), yc)
+        ce_poison = F.cross_entropy(student(xp), yp)
+        l1 = sum((p - p0).abs().sum() for p, p0 in zip(student.parameters(), anchor, strict=True))
+        loss = ce_clean - unlearn_weight * ce_poison + anchor_weight * l1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        pce += float(ce_poison.detach())
+    return {"unlearn_loss": total / len(p_batches), "poison_ce": pce / len(p_batches), "batches": len(p_batches)}
+
+
+@torch.no_grad()
+def forward_all(pair: nn.Module, data: Materialized, idx: np.ndarray | None = None, batch_size: int = 512,
+                desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features of `pair` (x -> (logits, features)) on samples `idx` (default: all)."""
+    modes = [(m, m.training) for m in pair.modules()]  # `pair` may share modules with a model being trained
+    pair.eval()
+    idx = np.arange(len(data)) if idx is None else np.asarray(idx)
+    logits, feats = [], []
+    try:
+        for i in progress(range(0, len(idx), batch_size), desc, total=-(-len(idx) // batch_size)):
+            x, _ = pixels(data, idx[i : i + batch_size])
+            lo, fe = pair(x)
+            logits.append(lo.float().numpy())
+            feats.append(fe.float().flatten(1).numpy())
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(logits), np.concatenate(feats)

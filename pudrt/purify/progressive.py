@@ -1,0 +1,133 @@
+"""Progressive purification: PUD (Niu et al.) and PBE (Mu et al., CVPR 2023) share this loop.
+
+Each step fine-tunes the student on the current clean pool with untargeted PGD
+examples labelled with their own class (all epochs of the first step, the first
+`adv_epochs_later` of later ones; `epochs_scale` shrinks these counts too, at
+least one epoch each, so a small scale is mostly adversarial: it erases the
+backdoor but costs clean accuracy that the long last step would win back), then re-ranks all of DATA by how consistently
+the infected model and the judge (PUD: the EMA teacher; PBE: the student) read
+each sample, and takes the top `rates[k]` as the next clean pool. PUD also
+removes the samples SPECTRE flags in the suspected target class and unlearns
+the poison pool (bottom `poison_share` ∪ flagged) under an L1 anchor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pudrt.attacks.pgd import PGD
+from pudrt.models import as_pair
+from pudrt.purify.config import PurifyConfig
+from pudrt.purify.loops import finetune_epoch, forward_all, make_optimizer, unlearn_epoch
+from pudrt.purify.session import Session
+from pudrt.purify.teacher import MeanTeacher
+from pudrt.scores import consistency_scores, flag_top, spectre_class
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pools:
+    clean: np.ndarray
+    poison: np.ndarray
+    scores: np.ndarray
+    """Consistency score of every row (higher = more likely clean); NaN before the first ranking."""
+    spectre: np.ndarray
+    """SPECTRE QUE score of rows in the suspected target class; NaN elsewhere."""
+
+
+def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.ndarray, judge_pred: np.ndarray,
+                infected_features: np.ndarray | None, target: int | None, rate: float, poison_share: float,
+                use_spectre: bool) -> tuple[Pools, dict]:
+    """New clean pool = top `rate` by consistency minus SPECTRE-flagged; poison pool = bottom ∪ flagged."""
+    n = len(consistency)
+    order = np.argsort(-consistency, kind="stable")
+    clean = order[: int(round(rate * n))]
+    poison = order[n - max(1, int(round(poison_share * n))):]
+    spectre = np.full(n, np.nan)
+    info: dict = {}
+    if use_spectre and target is not None and infected_features is not None:
+        members = np.flatnonzero(labels == target)
+        # Expected poisons in the target class: the samples the two models disagree on there.
+        expected = int(np.sum(infected_pred[members] != judge_pred[members]))
+        expected = int(np.clip(expected, max(1, len(members) // 100), len(members) // 2))
+        in_clean = np.zeros(n, bool)
+        in_clean[clean] = True
+        res = spectre_class(infected_features[members], expected, seed=in_clean[members])
+        spectre[members] = res.scores
+        flagged = members[flag_top(res.scores, min(int(1.5 * expected), int(0.75 * len(members))))]
+        clean = np.setdiff1d(clean, flagged, assume_unique=False)
+        poison = np.union1d(poison, flagged)
+        info = {"class": target, "expected_poisons": expected, "flagged": len(flagged), "k": res.k,
+                "excess": round(res.excess, 3)}
+    return Pools(np.sort(clean), np.sort(poison), consistency, spectre), info
+
+
+def progressive_purify(student: nn.Module, infected: nn.Module, session: Session, target: int | None,
+                       stop_after: int | None = None) -> tuple[nn.Module, Pools]:
+    """Run PUD or PBE (per `session.cfg`) from the infected model; returns the student and the final pools."""
+    cfg: PurifyConfig = session.cfg
+    data = session.data
+    n = len(data)
+    infected_pair = as_pair(infected)
+    infected_logits, infected_feats = forward_all(infected_pair, data, desc="infected model")
+    infected_pred = infected_logits.argmax(1)
+    anchor = [p.detach().clone() for p in student.parameters()]
+    teacher = MeanTeacher(student, cfg.ema_decay) if cfg.teacher else None
+    rng = np.random.default_rng(cfg.seed)
+    pools = Pools(np.sort(rng.permutation(n)[: max(cfg.batch_size, int(round(cfg.initial_clean * n)))]),
+                  np.zeros(0, np.int64), np.full(n, np.nan), np.full(n, np.nan))
+    first = 0
+    blob = session.latest()
+    if blob is not None:
+        student.load_state_dict(blob["student"])
+        if teacher is not None:
+            teacher.model.load_state_dict(blob["teacher"])
+            teacher.updates = int(blob["teacher_updates"])
+        pools = Pools(blob["clean"].numpy(), blob["poison"].numpy(), blob["scores"].numpy(),
+                      blob["spectre"].numpy())
+        first = int(blob["step"]) + 1
+    steps = len(cfg.epochs)
+    for k in range(first, steps):
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + k)
+        epochs = cfg.scaled(cfg.epochs[k])
+        adv_epochs = epochs if k == 0 else min(cfg.adv_epochs_later, epochs)
+        opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
+        pgd = PGD(student, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.steps)
+        row: dict = {"step": k + 1, "train_pool": len(pools.clean), "epochs": []}
+        for e in range(epochs):
+            stats = finetune_epoch(student, opt, data, pools.clean, gen, cfg.batch_size,
+                                   pgd=pgd if e < adv_epochs else None, teacher=teacher,
+                                   consistency_weight=cfg.consistency_weight, augment=cfg.augment,
+                                   clean_weight=cfg.clean_weight,
+                                   desc=f"step {k + 1}/{steps} epoch {e + 1}/{epochs}")
+            row["epochs"].append({k2: round(v, 5) if isinstance(v, float) else v for k2, v in stats.items()})
+        if k < len(cfg.rates):
+            judge = teacher.model if teacher is not None else student
+            judge_logits, _ = forward_all(as_pair(judge), data, desc=f"step {k + 1}: consistency")
+            cons = consistency_scores(infected_logits, judge_logits)
+            pools, spectre_info = split_pools(cons, data.y, infected_pred, judge_logits.argmax(1), infected_feats,
+                                              target, cfg.rates[k], cfg.poison_share, cfg.spectre)
+            row.update({"clean_pool": len(pools.clean), "poison_pool": len(pools.poison),
+                        "disagree": int(np.sum(infected_pred != judge_logits.argmax(1)))})
+            if spectre_info:
+                row["spectre"] = spectre_info
+            if cfg.unlearn:
+                row["unlearning"] = unlearn_epoch(student, opt, data, pools.clean, pools.poison, anchor, gen,
+                                                  cfg.batch_size, cfg.unlearn_weight, cfg.anchor_weight,
+                                                  desc=f"step {k + 1}: unlearning")
+            row["pools"] = session.pool_quality(pools.clean, pools.poison)
+        session.record(row, student)
+        session.save(k, {"student": student, "teacher": teacher.model if teacher is not None else None,
+                         "teacher_updates": torch.tensor(teacher.updates if teacher is not None else 0),
+                         "clean": pools.clean, "poison": pools.poison, "scores": pools.scores,
+                         "spectre": pools.spectre})
+        if stop_after is not None and k + 1 >= stop_after and k + 1 < steps:
+            log.info("stopping after step %d as asked; run again to resume", k + 1)
+            break
+    return student, pools

@@ -1,0 +1,74 @@
+"""Write the purified model, its ONNX export and report.md; say in a few lines what happened."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pudrt.errors import PudrtError
+from pudrt.io.atomic import atomic_path
+from pudrt.io.models import LoadedModel, save_model
+from pudrt.purify.config import PurifyConfig
+from pudrt.purify.run import PurifyResult
+
+
+def _fmt(row: dict | None) -> str:
+    if not row:
+        return "-"
+    return "  ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
+
+
+def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, cfg: PurifyConfig,
+           onnx: bool = True) -> list[str]:
+    """Save the outputs of a finished (or stopped) run; returns the lines the CLI prints."""
+    out = Path(out)
+    lines = [f"target class: {result.target.statement}"]
+    if not result.finished:
+        lines.append(f"stopped after step {result.history[-1].get('step')}; run the same command again to resume "
+                     f"from {out / 'checkpoints'}")
+        return lines
+    suffix = source.suffix if source.suffix in (".pt", ".pth", ".safetensors") else ".pt"
+    model_path = out / f"model{suffix}"
+    save_model(result.model, model_path, loaded.info.arch, loaded.info.num_classes)
+    lines.append(f"purified model: {model_path}")
+    if onnx:
+        from pudrt.engine.export import export_onnx, verify_onnx
+
+        example = torch.rand(8, 3, *_image_hw(result))
+        onnx_path = export_onnx(result.model, out / "model.onnx", example)
+        agreement = verify_onnx(onnx_path, result.model, example)
+        if not agreement.passed:
+            onnx_path.unlink(missing_ok=True)
+            raise PudrtError(f"the ONNX export of the purified model disagrees with it: {agreement.describe()}")
+        lines.append(f"ONNX export: {onnx_path} ({agreement.describe()})")
+    lines.append(f"clean pool: {len(result.clean_indices)} samples, poison pool: {len(result.poison_indices)} "
+                 f"(clean_indices.npy, poison_indices.npy, scores.csv)")
+    last = result.history[-1] if result.history else {}
+    if result.before is not None:
+        lines.append(f"before: {_fmt(result.before)}")
+        lines.append(f"after:  {_fmt(last.get('eval'))}")
+    quality = last.get("pools") or next((r["pools"] for r in reversed(result.history) if r.get("pools")), None)
+    if quality:
+        lines.append("pools vs ground truth: " + json.dumps(quality))
+    lines.append(f"history: {out / 'history.json'}, report: {out / 'report.md'} ({result.seconds:.0f} s)")
+    write_report(out / "report.md", result, cfg, lines)
+    return lines
+
+
+def _image_hw(result: PurifyResult) -> tuple[int, int]:
+    return result.image_hw
+
+
+def write_report(path: Path, result: PurifyResult, cfg: PurifyConfig, summary: list[str]) -> None:
+    rows = ["# pudrt purify report", "", f"Method: **{cfg.method.upper()}**, epochs scale {cfg.epochs_scale}.", ""]
+    rows += [f"- {line}" for line in summary]
+    rows += ["", "## Steps", "", "| step | clean pool | poison pool | metrics | pool quality |",
+             "|---|---|---|---|---|"]
+    for r in result.history:
+        name = r.get("step", r.get("stage", ""))
+        rows.append(f"| {name} | {r.get('clean_pool', '')} | {r.get('poison_pool', '')} | {_fmt(r.get('eval'))} | "
+                    f"{json.dumps(r.get('pools', ''))} |")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(rows) + "\n")

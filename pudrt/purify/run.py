@@ -1,0 +1,121 @@
+"""`purify(model, dataset, cfg, out)`: the whole job, whichever method; writes everything into `out`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pudrt.errors import PudrtError
+from pudrt.io.atomic import atomic_path, write_json_atomic
+from pudrt.io.datasets import LabelledImages
+from pudrt.models import as_pair
+from pudrt.purify.advrbd import advrbd
+from pudrt.purify.config import PurifyConfig
+from pudrt.purify.discovery import TargetEvidence, discover_target
+from pudrt.purify.loops import clone_trainable
+from pudrt.purify.progressive import Pools, progressive_purify
+from pudrt.purify.session import Evaluation, Session
+from pudrt.train import Materialized, set_threads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PurifyResult:
+    model: nn.Module
+    clean_indices: np.ndarray
+    """Dataset indices (not rows) of the final clean pool."""
+    poison_indices: np.ndarray
+    target: TargetEvidence
+    history: list[dict]
+    before: dict | None
+    finished: bool
+    seconds: float
+    image_hw: tuple[int, int] = (32, 32)
+
+
+def check_inputs(model: nn.Module, dataset: LabelledImages, num_classes: int) -> None:
+    if len(dataset) == 0:
+        raise PudrtError(f"{dataset.root}: the dataset is empty; purify needs the (untrusted) training data")
+    if len(np.unique(dataset.labels)) < 2:
+        raise PudrtError(f"{dataset.root}: every sample has the same label; purify needs a labelled dataset "
+                         f"(ImageFolder class folders, or .npz with `y`)")
+    dataset.check_num_classes(num_classes)
+
+
+def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: str | Path, num_classes: int,
+           evaluation: Evaluation | None = None, stop_after: int | None = None, restart: bool = False
+           ) -> PurifyResult:
+    """Purify `model` (a trainable module taking [0, 1] pixels) with `dataset`, writing `out/`."""
+    start = time.perf_counter()
+    out = Path(out)
+    check_inputs(model, dataset, num_classes)
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data = Materialized(dataset)
+    if len(np.unique(data.y)) < 2:
+        raise PudrtError(f"{dataset.root}: fewer than two classes among the readable samples")
+    truth_rows = None
+    if dataset.poison_indices is not None:
+        truth_rows = np.flatnonzero(np.isin(data.index, dataset.poison_indices))
+    session = Session(data, cfg, out, evaluation, truth_rows)
+    if restart:
+        session.clear()
+    infected = model.eval()
+    for p in infected.parameters():
+        p.requires_grad_(False)
+
+    found = out / "target.json"
+    if found.exists() and session.latest() is not None:
+        target = TargetEvidence(**json.loads(found.read_text()))
+    else:
+        target = discover_target(infected, as_pair(infected), data, num_classes, samples=cfg.discovery_samples,
+                                 seed=cfg.seed)
+        write_json_atomic(found, target.to_dict())
+    before = evaluation(infected) if evaluation is not None and not session.history else None
+    if before is not None:
+        session.history.append({"step": 0, "eval": before, "note": "infected model, before purification"})
+
+    if cfg.method in ("pud", "pbe"):
+        student, pools = progressive_purify(clone_trainable(infected), infected, session, target.target_class,
+                                            stop_after)
+        finished = len(session.history) and session.history[-1].get("step") == len(cfg.epochs)
+    else:
+        student, pools = advrbd(infected, session, num_classes)
+        finished = True
+    student.eval()
+    result = PurifyResult(student, data.index[pools.clean], data.index[pools.poison], target, session.history,
+                          before, bool(finished), time.perf_counter() - start, tuple(data.x.shape[2:]))
+    write_pools(out, dataset, data, pools)
+    write_json_atomic(out / "history.json", {"method": cfg.method, "config": cfg.to_dict(),
+                                             "target": target.to_dict(), "steps": session.history,
+                                             "finished": result.finished})
+    return result
+
+
+def write_pools(out: Path, dataset: LabelledImages, data: Materialized, pools: Pools) -> None:
+    """clean_indices.npy / poison_indices.npy (dataset indices) and scores.csv (one row per readable sample)."""
+    for name, rows in (("clean_indices", pools.clean), ("poison_indices", pools.poison)):
+        with atomic_path(out / f"{name}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, data.index[rows].astype(np.int64))
+    pool = np.full(len(data), "", dtype=object)
+    pool[pools.clean] = "clean"
+    pool[pools.poison] = "poison"
+    with atomic_path(out / "scores.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "id", "label", "score", "spectre", "pool"])
+            for r in range(len(data)):
+                i = int(data.index[r])
+                sp = "" if np.isnan(pools.spectre[r]) else f"{pools.spectre[r]:.6g}"
+                sc = "" if np.isnan(pools.scores[r]) else f"{pools.scores[r]:.6g}"
+                w.writerow([i, dataset.ids[i], int(data.y[r]), sc, sp, pool[r]])

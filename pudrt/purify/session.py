@@ -1,0 +1,127 @@
+"""Bookkeeping every purification method shares: per-step metrics, pool quality, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pudrt.attacks.base import PoisonAttack
+from pudrt.errors import PudrtError
+from pudrt.evaluate import adversarial_accuracy, attack_success_rate, clean_accuracy
+from pudrt.io.atomic import atomic_path
+from pudrt.io.datasets import LabelledImages
+from pudrt.purify.config import PurifyConfig
+from pudrt.train import Materialized
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Evaluation:
+    """Test data for per-step metrics; `attack` adds ASR, `adv_limit` bounds the PGD evaluation's samples."""
+
+    test: LabelledImages
+    attack: PoisonAttack | None = None
+    adv_limit: int | None = 1000
+    eps: float = 6 / 255
+    steps: int = 7
+
+    def __call__(self, model: nn.Module) -> dict:
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()  # train-mode BatchNorm would read batch statistics and overwrite the running ones
+        try:
+            row = {"c_acc": clean_accuracy(model, self.test)}
+            if self.attack is not None:
+                row["asr"] = attack_success_rate(model, self.test, self.attack)
+            name = f"adv_acc@PGD-{self.steps}/{round(self.eps * 255)}"
+            row[name] = adversarial_accuracy(model, self.test, self.eps, self.steps, limit=self.adv_limit)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        return row
+
+
+class Session:
+    """One run's data, output folder and history; writes a checkpoint after each step."""
+
+    def __init__(self, data: Materialized, cfg: PurifyConfig, out: Path, evaluation: Evaluation | None,
+                 truth_rows: np.ndarray | None):
+        self.data, self.cfg, self.out, self.evaluation = data, cfg, Path(out), evaluation
+        self.truth = None
+        if truth_rows is not None:
+            self.truth = np.zeros(len(data), bool)
+            self.truth[truth_rows] = True
+        self.history: list[dict] = []
+        self.started = time.perf_counter()
+        (self.out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+
+    # -- metrics ------------------------------------------------------------------------
+    def pool_quality(self, clean: np.ndarray, poison: np.ndarray) -> dict:
+        """Precision and recall of both pools against the ground-truth poisons, when DATA carries them."""
+        if self.truth is None:
+            return {}
+        is_p = self.truth
+        n_p, n_c = int(is_p.sum()), int((~is_p).sum())
+        out = {}
+        if len(clean):
+            tp = int((~is_p[clean]).sum())
+            out["clean_pool"] = {"precision": tp / len(clean), "recall": tp / max(n_c, 1),
+                                 "poisons_inside": int(is_p[clean].sum())}
+        if len(poison):
+            tp = int(is_p[poison].sum())
+            out["poison_pool"] = {"precision": tp / len(poison), "recall": tp / max(n_p, 1)}
+        return out
+
+    def record(self, row: dict, model: nn.Module | None = None) -> dict:
+        if model is not None and self.evaluation is not None:
+            row["eval"] = self.evaluation(model)
+        row["seconds"] = round(time.perf_counter() - self.started, 1)
+        self.history.append(row)
+        log.info("%s", json.dumps(row))
+        return row
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _config_json(self) -> str:
+        return json.dumps(self.cfg.to_dict(), sort_keys=True)
+
+    def save(self, step: int, state: dict[str, torch.Tensor | np.ndarray | str | None]) -> None:
+        """Checkpoint after `step`: tensors and strings only, so it loads with weights_only=True."""
+        blob = {"step": step, "config": self._config_json(), "history": json.dumps(self.history)}
+        for k, v in state.items():
+            if isinstance(v, np.ndarray):
+                v = torch.from_numpy(np.ascontiguousarray(v))
+            elif isinstance(v, nn.Module):
+                v = {n: t.detach().clone() for n, t in v.state_dict().items()}
+            blob[k] = v
+        with atomic_path(self.out / CHECKPOINTS / f"step-{step}.pt") as tmp:
+            torch.save(blob, tmp)
+
+    def latest(self) -> dict | None:
+        """The newest checkpoint of this configuration, or None; another configuration's is an error."""
+        files = sorted((self.out / CHECKPOINTS).glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        if not files:
+            return None
+        try:
+            blob = torch.load(files[-1], weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint: say which and how to recover
+            raise PudrtError(f"{files[-1]}: cannot read this checkpoint ({err}); delete it to resume from the "
+                             f"one before, or use a new output folder") from err
+        if blob.get("config") != self._config_json():
+            raise PudrtError(f"{self.out} holds checkpoints of a run with different settings; resume with the "
+                             f"same options, or pass --restart (or a new -o) to start over")
+        self.history = json.loads(blob["history"])
+        log.info("resuming after step %d from %s", blob["step"], files[-1])
+        return blob
+
+    def clear(self) -> None:
+        for f in (self.out / CHECKPOINTS).glob("step-*.pt"):
+            f.unlink()

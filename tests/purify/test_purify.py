@@ -1,0 +1,89 @@
+"""Purification on the embedded data with briefly trained resnet8 models (conftest.py's session fixtures)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pudrt.attacks import BadNets
+from pudrt.errors import PudrtError
+from pudrt.evaluate import clean_accuracy
+from pudrt.models import as_pair
+from pudrt.purify import Evaluation, PurifyConfig, discover_target, purify
+from pudrt.train import Materialized
+
+# The authors' schedule at a tenth of its epochs: steps of 1, 1, 1, 1 and 3 epochs.
+QUICK_PUD = dict(epochs_scale=0.1, discovery_samples=1000)
+
+
+def stratified(dataset, per_class, seed=0):
+    rng = np.random.default_rng(seed)
+    return dataset.subset(np.sort(np.concatenate(
+        [rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class] for c in range(dataset.num_classes)])))
+
+
+def test_target_discovery_names_the_blend_target(blend_model, blend_data):
+    # BadNets (named) and a clean model ("none") are checked inside the purify runs below.
+    evidence = discover_target(blend_model, as_pair(blend_model), Materialized(blend_data), 10, samples=1000)
+    assert evidence.target_class == 0, evidence.statement
+    assert evidence.statement.startswith("class 0")
+    assert np.argmax(evidence.flip_share) == 0  # Figure 1: adversarial examples collapse into the target
+
+
+def test_pud_halves_asr_and_keeps_clean_accuracy(badnets_model, badnets_data, test_data, tmp_path):
+    attack = BadNets()
+    evaluation = Evaluation(test_data, attack, adv_limit=200)
+    data = stratified(badnets_data, 500)  # half of the data, poisons included in proportion
+    result = purify(badnets_model, data, PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path, 10, evaluation)
+    before, after = result.before, result.history[-1]["eval"]
+    assert result.finished and result.target.target_class == 0, result.target.statement
+    assert after["asr"] <= before["asr"] / 2, (before, after)
+    assert after["c_acc"] >= before["c_acc"] - 0.10, (before, after)
+    assert after["adv_acc@PGD-7/6"] > before["adv_acc@PGD-7/6"], (before, after)
+    # the final clean pool is mostly clean: ground truth comes from the data's poison.json
+    quality = result.history[-1]["pools"]
+    assert quality["clean_pool"]["precision"] >= 0.95
+    assert quality["poison_pool"]["recall"] >= 0.5
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["step"] for r in history["steps"]] == [0, 1, 2, 3, 4, 5]
+    for name in ("clean_indices.npy", "poison_indices.npy", "scores.csv", "target.json"):
+        assert (tmp_path / name).exists()
+    clean = np.load(tmp_path / "clean_indices.npy")
+    assert len(clean) == len(result.clean_indices)
+    assert not np.isin(clean, np.load(tmp_path / "poison_indices.npy")).any()  # the pools are disjoint
+
+
+def test_a_clean_model_comes_out_about_as_accurate(clean_model, train_data, test_data, tmp_path):
+    before = clean_accuracy(clean_model, test_data)
+    result = purify(clean_model, stratified(train_data, 500), PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path,
+                    10)
+    assert result.target.target_class is None and result.target.statement.startswith("none")
+    assert clean_accuracy(result.model, test_data) >= before - 0.10
+
+
+def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(badnets_model, badnets_data, tmp_path):
+    data = stratified(badnets_data, 100)
+    cfg = PurifyConfig.for_method("pud", **QUICK_PUD)
+    straight = purify(badnets_model, data, cfg, tmp_path / "straight", 10, stop_after=2)
+    purify(badnets_model, data, cfg, tmp_path / "resumed", 10, stop_after=1)  # "killed" after step 1
+    resumed = purify(badnets_model, data, cfg, tmp_path / "resumed", 10, stop_after=2)
+    assert not straight.finished and [r["step"] for r in resumed.history] == [1, 2]
+    np.testing.assert_array_equal(straight.clean_indices, resumed.clean_indices)
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_inputs_are_explained(badnets_model, train_data, tmp_path):
+    cfg = PurifyConfig.for_method("pud", **QUICK_PUD)
+    with pytest.raises(PudrtError, match="empty"):
+        purify(badnets_model, train_data.subset([]), cfg, tmp_path, 10)
+    one_class = train_data.subset(np.flatnonzero(train_data.labels == 3))
+    with pytest.raises(PudrtError, match="same label"):
+        purify(badnets_model, one_class, cfg, tmp_path, 10)
+    with pytest.raises(PudrtError, match="labels go up to 9 but the model has 5 classes"):
+        purify(badnets_model, train_data, cfg, tmp_path, 5)
+    with pytest.raises(PudrtError, match="--method"):
+        PurifyConfig.for_method("nad")
+    with pytest.raises(PudrtError, match="--epochs-scale"):
+        PurifyConfig.for_method("pud", epochs_scale=0)
