@@ -148,30 +148,54 @@ def train_epochs(model: nn.Module, data, idx: np.ndarray, epochs: int, lr: float
 
 
 def advrbd(infected: nn.Module, session: Session, classes: int) -> tuple[nn.Module, Pools]:
+    """The four stages, each checkpointed (stage k is `checkpoints/step-k.pt`), so a killed run resumes."""
     cfg = session.cfg
     data = session.data
-    gen = torch.Generator().manual_seed(cfg.seed)
-    kl = patch_kl_scores(infected, data, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed)
-    picks = pick_per_class(kl, data.y, cfg.seed_share)
-    session.record({"stage": "kl-consistency", "picks": len(picks),
-                    "pools": session.pool_quality(picks, np.zeros(0, np.int64))})
+    blob = session.latest()
+    done = int(blob["step"]) if blob is not None else -1
 
-    _, clean, rounds = enhance_backdoor(infected, data, picks, cfg, classes, gen, cfg.scaled(cfg.enhance_epochs))
+    def stage_gen(stage: int) -> torch.Generator:
+        return torch.Generator().manual_seed(cfg.seed * 7919 + stage)
+
+    if done >= 0:
+        kl, picks = blob["kl"].numpy(), blob["picks"].numpy()
+    else:
+        kl = patch_kl_scores(infected, data, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed)
+        picks = pick_per_class(kl, data.y, cfg.seed_share)
+        session.record({"step": 1, "stage": "kl-consistency", "picks": len(picks),
+                        "pools": session.pool_quality(picks, np.zeros(0, np.int64))})
+        session.save(0, {"kl": kl, "picks": picks})
+
+    if done >= 1:
+        clean = blob["clean"].numpy()
+    else:
+        _, clean, rounds = enhance_backdoor(infected, data, picks, cfg, classes, stage_gen(1),
+                                            cfg.scaled(cfg.enhance_epochs))
+        poison = np.setdiff1d(np.arange(len(data)), clean)
+        session.record({"step": 2, "stage": "backdoor-enhancement", "rounds": rounds, "clean_pool": len(clean),
+                        "poison_pool": len(poison), "pools": session.pool_quality(clean, poison)})
+        session.save(1, {"kl": kl, "picks": picks, "clean": clean})
     poison = np.setdiff1d(np.arange(len(data)), clean)
-    session.record({"stage": "backdoor-enhancement", "rounds": rounds, "clean_pool": len(clean),
-                    "poison_pool": len(poison), "pools": session.pool_quality(clean, poison)})
 
     model = fresh_copy(infected, cfg.seed)
-    epochs = train_epochs(model, data, clean, cfg.scaled(cfg.clean_epochs), 0.1, cfg, gen, desc="AdvrBD: clean model")
-    session.record({"stage": "clean-model", "epochs": epochs}, model)
+    if done >= 2:
+        model.load_state_dict(blob["model"])
+    else:
+        epochs = train_epochs(model, data, clean, cfg.scaled(cfg.clean_epochs), 0.1, cfg, stage_gen(2),
+                              desc="AdvrBD: clean model")
+        session.record({"step": 3, "stage": "clean-model", "epochs": epochs}, model)
+        session.save(2, {"kl": kl, "picks": picks, "clean": clean, "model": model})
 
-    labels = data.y.copy()
-    if len(poison):
-        logits, _ = forward_all(as_pair(model), data, poison, desc="AdvrBD: relabelling")
-        labels[poison] = logits.argmax(1)
-    everything = np.arange(len(data))
-    epochs = train_epochs(model, data, everything, cfg.scaled(cfg.relearn_epochs), cfg.lr, cfg, gen, labels=labels,
-                          desc="AdvrBD: relearning")
-    session.record({"stage": "relabel-relearn", "relabelled": int(np.sum(labels[poison] != data.y[poison])),
-                    "epochs": epochs}, model)
-    return model, Pools(clean, poison, kl.astype(np.float64), np.full(len(data), np.nan))
+    if done >= 3:
+        model.load_state_dict(blob["model"])
+    else:
+        labels = data.y.copy()
+        if len(poison):
+            logits, _ = forward_all(as_pair(model), data, poison, desc="AdvrBD: relabelling")
+            labels[poison] = logits.argmax(1)
+        epochs = train_epochs(model, data, np.arange(len(data)), cfg.scaled(cfg.relearn_epochs), cfg.lr, cfg,
+                              stage_gen(3), labels=labels, desc="AdvrBD: relearning")
+        session.record({"step": 4, "stage": "relabel-relearn",
+                        "relabelled": int(np.sum(labels[poison] != data.y[poison])), "epochs": epochs}, model)
+        session.save(3, {"kl": kl, "picks": picks, "clean": clean, "model": model})
+    return model.eval(), Pools(clean, poison, kl.astype(np.float64), np.full(len(data), np.nan))

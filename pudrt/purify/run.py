@@ -80,8 +80,9 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
         target = discover_target(infected, as_pair(infected), data, num_classes, samples=cfg.discovery_samples,
                                  seed=cfg.seed)
         write_json_atomic(found, target.to_dict())
-    before = evaluation(infected) if evaluation is not None and not session.history else None
-    if before is not None:
+    before = next((r["eval"] for r in session.history if r.get("step") == 0 and "eval" in r), None)
+    if evaluation is not None and not session.history:
+        before = evaluation(infected)
         session.history.append({"step": 0, "eval": before, "note": "infected model, before purification"})
 
     if cfg.method in ("pud", "pbe"):
@@ -90,7 +91,7 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
         finished = len(session.history) and session.history[-1].get("step") == len(cfg.epochs)
     else:
         student, pools = advrbd(infected, session, num_classes)
-        finished = True
+        finished = True  # AdvrBD has no --stop-after; its four stages always run to the end
     student.eval()
     result = PurifyResult(student, data.index[pools.clean], data.index[pools.poison], target, session.history,
                           before, bool(finished), time.perf_counter() - start, tuple(data.x.shape[2:]))

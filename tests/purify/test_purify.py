@@ -74,6 +74,21 @@ def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(badnets_model,
         torch.testing.assert_close(a, b)
 
 
+def test_advrbd_separates_the_poisons_and_drops_asr(badnets_model, badnets_data, test_data, tmp_path):
+    evaluation = Evaluation(test_data, BadNets(), adv_limit=50)
+    cfg = PurifyConfig.for_method("advrbd", epochs_scale=0.2, discovery_samples=500)
+    result = purify(badnets_model, stratified(badnets_data, 200), cfg, tmp_path, 10, evaluation)
+    stages = [r.get("stage") for r in result.history[1:]]
+    assert stages == ["kl-consistency", "backdoor-enhancement", "clean-model", "relabel-relearn"]
+    assert result.history[-1]["eval"]["asr"] <= result.before["asr"] / 2
+    pools = result.history[2]["pools"]
+    assert pools["clean_pool"]["precision"] >= 0.95 and pools["poison_pool"]["recall"] >= 0.8
+    # a rerun resumes from the last stage's checkpoint and returns the same model
+    again = purify(badnets_model, stratified(badnets_data, 200), cfg, tmp_path, 10, evaluation)
+    for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_bad_inputs_are_explained(badnets_model, train_data, tmp_path):
     cfg = PurifyConfig.for_method("pud", **QUICK_PUD)
     with pytest.raises(PudrtError, match="empty"):
