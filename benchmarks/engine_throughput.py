@@ -116,6 +116,7 @@ def measure(arch, tmp, x, y, calib, held_out, threads, args) -> dict:
     int8_pred = np.concatenate([ort8(held_out[i : i + 256].numpy())["logits"].argmax(1)
                                 for i in range(0, len(held_out), 256)])
     row = {
+        "train_epochs": epochs,
         "arch": arch,
         "batch": args.batch,
         "img_per_s": {k: round(args.batch / statistics.median(v), 1) for k, v in times.items()},
@@ -155,8 +156,9 @@ def write_results_md(info: dict, rows: list[dict]) -> None:
     ]
     for r in rows:
         s = r["img_per_s"]
+        epochs = r.get("train_epochs", TRAIN_EPOCHS.get(r["arch"]))
         lines.append(
-            f"| {r['arch']} ({r['train_epochs']}) | {s['torch_eager']:.0f} | {s['ort_fp32']:.0f} | "
+            f"| {r['arch']} ({epochs}) | {s['torch_eager']:.0f} | {s['ort_fp32']:.0f} | "
             f"{s['ort_int8']:.0f} | "
             f"{r['ort_fp32_vs_torch']:.2f} | {r['ort_int8_vs_torch']:.2f} | {100 * r['int8_top1_agreement']:.2f}% | "
             f"{s['torch_autograd']:.0f} | {s['ort_grad_graph']:.0f} | {r['ort_grad_vs_autograd']:.2f} |"

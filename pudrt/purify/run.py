@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -69,7 +70,7 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
     session = Session(data, cfg, out, evaluation, truth_rows)
     if restart:
         session.clear()
-    infected = model.eval()
+    infected = copy.deepcopy(model).eval()  # the caller's model is left as it was
     for p in infected.parameters():
         p.requires_grad_(False)
 
