@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from pudrt.errors import PudrtError
 
@@ -61,7 +61,6 @@ class PurifyConfig:
     relearn_epochs: int = 5
     seed: int = 0
     threads: int | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -102,6 +101,4 @@ class PurifyConfig:
         return self.alpha if self.alpha is not None else self.eps / 5
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        return d
+        return asdict(self)
