@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from pudrt.errors import PudrtError
 from pudrt.io.atomic import atomic_path
 from pudrt.io.models import LoadedModel, save_model
@@ -36,9 +34,8 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
     if onnx:
         from pudrt.engine.export import export_onnx, verify_onnx
 
-        example = torch.rand(8, 3, *_image_hw(result))
-        onnx_path = export_onnx(result.model, out / "model.onnx", example)
-        agreement = verify_onnx(onnx_path, result.model, example)
+        onnx_path = export_onnx(result.model, out / "model.onnx", result.check_images[:8])
+        agreement = verify_onnx(onnx_path, result.model, result.check_images)
         if not agreement.passed:
             onnx_path.unlink(missing_ok=True)
             raise PudrtError(f"the ONNX export of the purified model disagrees with it: {agreement.describe()}")
@@ -55,10 +52,6 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
     lines.append(f"history: {out / 'history.json'}, report: {out / 'report.md'} ({result.seconds:.0f} s)")
     write_report(out / "report.md", result, cfg, lines)
     return lines
-
-
-def _image_hw(result: PurifyResult) -> tuple[int, int]:
-    return result.image_hw
 
 
 def write_report(path: Path, result: PurifyResult, cfg: PurifyConfig, summary: list[str]) -> None:

@@ -21,7 +21,7 @@ from pudrt.models import as_pair
 from pudrt.purify.advrbd import advrbd
 from pudrt.purify.config import PurifyConfig
 from pudrt.purify.discovery import TargetEvidence, discover_target
-from pudrt.purify.loops import clone_trainable
+from pudrt.purify.loops import clone_trainable, pixels
 from pudrt.purify.progressive import Pools, progressive_purify
 from pudrt.purify.session import Evaluation, Session
 from pudrt.train import Materialized, set_threads
@@ -40,7 +40,8 @@ class PurifyResult:
     before: dict | None
     finished: bool
     seconds: float
-    image_hw: tuple[int, int] = (32, 32)
+    check_images: torch.Tensor | None = None
+    """A few real images of DATA, on which the ONNX export of the result is checked."""
 
 
 def check_inputs(model: nn.Module, dataset: LabelledImages, num_classes: int) -> None:
@@ -95,7 +96,8 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
         finished = True  # AdvrBD has no --stop-after; its four stages always run to the end
     student.eval()
     result = PurifyResult(student, data.index[pools.clean], data.index[pools.poison], target, session.history,
-                          before, bool(finished), time.perf_counter() - start, tuple(data.x.shape[2:]))
+                          before, bool(finished), time.perf_counter() - start,
+                          pixels(data, np.arange(min(32, len(data))))[0])
     write_pools(out, dataset, data, pools)
     write_json_atomic(out / "history.json", {"method": cfg.method, "config": cfg.to_dict(),
                                              "target": target.to_dict(), "steps": session.history,
