@@ -35,6 +35,8 @@ def purify(
     trigger: Annotated[str | None, typer.Option(help="Attack name or poison.json for ASR (default: DATA's "
                                                     "poison.json, if any). Never used to find the target.")] = None,
     adv_samples: Annotated[int, typer.Option(help="Test samples attacked for adv_acc@PGD-7/6 per step.")] = 1000,
+    initial_pool: Annotated[str, typer.Option(help="First clean pool: kl (screened by KL-consistency, the "
+                                                   "default) or random (the PUD/PBE authors').")] = "kl",
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: the method's).")] = None,
     clean_weight: Annotated[float, typer.Option(help="Mix this weight of clean-image loss into adversarial "
                                                      "epochs (0 = the authors' pure PGD fine-tuning).")] = 0.0,
@@ -58,7 +60,7 @@ def purify(
     from pudrt.purify.report import finish
 
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
-                                  clean_weight=clean_weight,
+                                  clean_weight=clean_weight, initial_pool=initial_pool,
                                   threads=threads, **({"lr": lr} if lr is not None else {}))
     loaded = load_model_from_opts(model, arch, num_classes, mean, std, unsafe_pickle)
     if loaded.info.format not in ("state_dict", "pickle"):

@@ -38,54 +38,10 @@ from pudrt.purify.loops import (
     shuffled_batches,
 )
 from pudrt.purify.progressive import Pools
+from pudrt.purify.screening import patch_kl_scores, pick_per_class
 from pudrt.purify.session import Session
-from pudrt.scores import kl_rows
 
 log = logging.getLogger(__name__)
-
-
-def patch_kl_scores(model: nn.Module, data, eps: float, radius: int, steps: int = 5, batch_size: int = 256,
-                    seed: int = 0) -> np.ndarray:
-    """KL(f(x) ‖ f(x+δ)) for every row, δ an L∞-`eps` perturbation confined to a random square patch."""
-    gen = torch.Generator().manual_seed(seed)
-    model.eval()
-    out = np.zeros(len(data), np.float32)
-    alpha = eps / 4
-    for i in progress(range(0, len(data), batch_size), "AdvrBD: KL scores", total=-(-len(data) // batch_size)):
-        idx = np.arange(i, min(i + batch_size, len(data)))
-        x, _ = pixels(data, idx)
-        n, _, h, w = x.shape
-        side = min(2 * radius + 1, h, w)
-        oy = torch.randint(0, h - side + 1, (n,), generator=gen)
-        ox = torch.randint(0, w - side + 1, (n,), generator=gen)
-        rows = torch.arange(h)[None, :, None]
-        cols = torch.arange(w)[None, None, :]
-        mask = ((rows >= oy[:, None, None]) & (rows < oy[:, None, None] + side)
-                & (cols >= ox[:, None, None]) & (cols < ox[:, None, None] + side)).unsqueeze(1).float()
-        with torch.no_grad():
-            clean_logits = model(x)
-            p_clean = F.softmax(clean_logits, 1)
-        delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps * mask
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            adv = model((x + delta).clamp(0, 1))
-            kl = F.kl_div(F.log_softmax(adv, 1), p_clean, reduction="sum")
-            (g,) = torch.autograd.grad(kl, delta)
-            delta = (delta.detach() + alpha * g.sign() * mask).clamp(-eps, eps)
-        with torch.no_grad():
-            adv_logits = model((x + delta).clamp(0, 1))
-        out[idx] = kl_rows(clean_logits.numpy(), adv_logits.numpy())
-    return out
-
-
-def pick_per_class(scores: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:
-    """The highest-scoring `share` of each class (so that naturally fragile classes cannot fill the picks)."""
-    picks = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        take = max(1, int(round(share * len(members))))
-        picks.append(members[np.argsort(-scores[members], kind="stable")[:take]])
-    return np.sort(np.concatenate(picks))
 
 
 def enhance_backdoor(infected: nn.Module, data, picks: np.ndarray, cfg: PurifyConfig, classes: int,
@@ -160,7 +116,7 @@ def advrbd(infected: nn.Module, session: Session, classes: int) -> tuple[nn.Modu
     if done >= 0:
         kl, picks = blob["kl"].numpy(), blob["picks"].numpy()
     else:
-        kl = patch_kl_scores(infected, data, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed)
+        kl = patch_kl_scores(infected, data, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed, desc="AdvrBD: KL scores")
         picks = pick_per_class(kl, data.y, cfg.seed_share)
         session.record({"step": 1, "stage": "kl-consistency", "picks": len(picks),
                         "pools": session.pool_quality(picks, np.zeros(0, np.int64))})

@@ -1,10 +1,13 @@
 """Progressive purification: PUD (Niu et al.) and PBE (Mu et al., CVPR 2023) share this loop.
 
-Each step fine-tunes the student on the current clean pool with untargeted PGD
-examples labelled with their own class (all epochs of the first step, the first
+The first clean pool is screened by KL-consistency (see screening.py; the
+authors drew it at random, which carries the poison ratio into it). Each step
+fine-tunes the student on the current clean pool with untargeted PGD examples
+labelled with their own class (all epochs of the first step, the first
 `adv_epochs_later` of later ones; `epochs_scale` shrinks these counts too, at
 least one epoch each, so a small scale is mostly adversarial: it erases the
-backdoor but costs clean accuracy that the long last step would win back), then re-ranks all of DATA by how consistently
+backdoor but costs clean accuracy that the long last step would win back).
+Then it re-ranks all of DATA by how consistently
 the infected model and the judge (PUD: the EMA teacher; PBE: the student) read
 each sample, and takes the top `rates[k]` as the next clean pool. PUD also
 removes the samples SPECTRE flags in the suspected target class and unlearns
@@ -24,6 +27,7 @@ from pudrt.attacks.pgd import PGD
 from pudrt.models import as_pair
 from pudrt.purify.config import PurifyConfig
 from pudrt.purify.loops import finetune_epoch, forward_all, make_optimizer, unlearn_epoch
+from pudrt.purify.screening import screened_pool
 from pudrt.purify.session import Session
 from pudrt.purify.teacher import MeanTeacher
 from pudrt.scores import consistency_scores, flag_top, spectre_class
@@ -68,6 +72,19 @@ def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.n
     return Pools(np.sort(clean), np.sort(poison), consistency, spectre), info
 
 
+def first_pool(infected: nn.Module, data, cfg: PurifyConfig) -> np.ndarray:
+    """The first clean pool: a random `initial_clean` share of DATA, or (kl) the same number screened by
+    KL-consistency out of a random candidate set `screen_factor` times larger."""
+    n = len(data)
+    size = min(n, max(cfg.batch_size, int(round(cfg.initial_clean * n))))
+    candidates = np.random.default_rng(cfg.seed).permutation(n)
+    if cfg.initial_pool == "random" or cfg.screen_factor == 1:
+        return np.sort(candidates[:size])
+    candidates = np.sort(candidates[: min(n, size * cfg.screen_factor)])
+    pool, _ = screened_pool(infected, data, size, candidates, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed)
+    return pool
+
+
 def progressive_purify(student: nn.Module, infected: nn.Module, session: Session, target: int | None,
                        stop_after: int | None = None) -> tuple[nn.Module, Pools]:
     """Run PUD or PBE (per `session.cfg`) from the infected model; returns the student and the final pools."""
@@ -79,12 +96,12 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
     infected_pred = infected_logits.argmax(1)
     anchor = [p.detach().clone() for p in student.parameters()]
     teacher = MeanTeacher(student, cfg.ema_decay) if cfg.teacher else None
-    rng = np.random.default_rng(cfg.seed)
-    pools = Pools(np.sort(rng.permutation(n)[: max(cfg.batch_size, int(round(cfg.initial_clean * n)))]),
-                  np.zeros(0, np.int64), np.full(n, np.nan), np.full(n, np.nan))
     first = 0
     blob = session.latest()
-    if blob is not None:
+    if blob is None:
+        pools = Pools(first_pool(infected, data, cfg), np.zeros(0, np.int64), np.full(n, np.nan),
+                      np.full(n, np.nan))
+    else:
         student.load_state_dict(blob["student"])
         if teacher is not None:
             teacher.model.load_state_dict(blob["teacher"])
@@ -100,6 +117,8 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
         pgd = PGD(student, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.steps)
         row: dict = {"step": k + 1, "train_pool": len(pools.clean), "epochs": []}
+        if k == 0:
+            row["first_pool"] = {"how": cfg.initial_pool, **session.pool_quality(pools.clean, np.zeros(0, int))}
         for e in range(epochs):
             stats = finetune_epoch(student, opt, data, pools.clean, gen, cfg.batch_size,
                                    pgd=pgd if e < adv_epochs else None, teacher=teacher,

@@ -80,7 +80,7 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
         target = TargetEvidence(**json.loads(found.read_text()))
     else:
         target = discover_target(infected, as_pair(infected), data, num_classes, samples=cfg.discovery_samples,
-                                 seed=cfg.seed)
+                                 kl_eps=cfg.kl_eps, kl_radius=cfg.kl_radius, seed=cfg.seed)
         write_json_atomic(found, target.to_dict())
     before = next((r["eval"] for r in session.history if r.get("step") == 0 and "eval" in r), None)
     if evaluation is not None and not session.history:

@@ -38,6 +38,8 @@ def test_pud_halves_asr_and_keeps_clean_accuracy(badnets_model, badnets_data, te
     result = purify(badnets_model, data, PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path, 10, evaluation)
     before, after = result.before, result.history[-1]["eval"]
     assert result.finished and result.target.target_class == 0, result.target.statement
+    # KL screening keeps the first pool far cleaner than the 10% poison ratio a random pool would carry
+    assert result.history[1]["first_pool"]["clean_pool"]["precision"] >= 0.97, result.history[1]["first_pool"]
     assert after["asr"] <= before["asr"] / 2, (before, after)
     assert after["c_acc"] >= before["c_acc"] - 0.10, (before, after)
     assert after["adv_acc@PGD-7/6"] > before["adv_acc@PGD-7/6"], (before, after)
@@ -102,3 +104,5 @@ def test_bad_inputs_are_explained(badnets_model, train_data, tmp_path):
         PurifyConfig.for_method("nad")
     with pytest.raises(PudrtError, match="--epochs-scale"):
         PurifyConfig.for_method("pud", epochs_scale=0)
+    with pytest.raises(PudrtError, match="--initial-pool"):
+        PurifyConfig.for_method("pud", initial_pool="oracle")
