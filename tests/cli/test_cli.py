@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,16 +182,19 @@ def test_export_to_tensorrt_without_tensorrt_says_what_to_install(tmp_path, mode
 
 
 def test_demo_runs_the_story_and_writes_a_summary(tmp_path):
-    code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8")
+    code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8",
+                       "--purify-scale", "0.01", "--adv-samples", "50")
     assert code == 0, out
-    assert "[1/3] poisoned 1000 of 10000" in out and "infected" in out and "clean" in out
+    assert "[1/4] poisoned 1000 of 10000" in out and "[4/4] purifying" in out and "purified model:" in out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert set(summary["models"]) == {"infected", "clean"}
-    for name, row in summary["models"].items():
-        assert 0 <= row["c_acc"] <= 1 and 0 <= row["asr"] <= 1
-        assert (tmp_path / "demo" / f"{name}.pt").is_file()
-    code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8")
-    assert code == 0 and "[1/3] reusing" in out
+    assert set(summary["models"]) == {"infected", "clean", "purified"}
+    for row in summary["models"].values():
+        assert 0 <= row["c_acc"] <= 1 and 0 <= row["asr"] <= 1 and 0 <= row["adv_acc@PGD-7/6"] <= 1
+        assert Path(row["model"]).is_file()
+    assert (tmp_path / "demo" / "purified" / "model.onnx").is_file()
+    code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8", "--purify-scale", "0",
+                       "--adv-samples", "50")
+    assert code == 0 and "[1/3] reusing" in out and "purified" not in out
 
 
 def test_evaluate_runs_an_onnx_engine_and_matches_the_source_model(tmp_path, model_file):
