@@ -13,8 +13,8 @@ that ordinary confusions such as cat ↔ dog set the yardstick, not 1/K):
 * **patch robustness**: the share of the class's samples whose prediction a
   patch-confined perturbation barely moves (KL-consistency, AdvrBD's stage 1),
   below the 5th percentile of all attacked samples. Poisons are dominated by
-  their trigger and fill that tail; measured z of 15-19 for the target of
-  BadNets and Blend models against ≤ 2 for every class of a clean one.
+  their trigger and fill that tail; measured z of 10-20 for the target of
+  BadNets and Blend models against ≤ 4.5 for every class of a clean one.
 * **SPECTRE outlier mass**: the share of the class outside a robust Gaussian
   fit of its penultimate features. Reported, and added when positive; on small,
   briefly trained models it separates poorly (heavy-tailed features), so it
