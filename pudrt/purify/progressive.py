@@ -81,8 +81,7 @@ def first_pool(infected: nn.Module, data, cfg: PurifyConfig) -> np.ndarray:
     if cfg.initial_pool == "random" or cfg.screen_factor == 1:
         return np.sort(candidates[:size])
     candidates = np.sort(candidates[: min(n, size * cfg.screen_factor)])
-    pool, _ = screened_pool(infected, data, size, candidates, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed)
-    return pool
+    return screened_pool(infected, data, size, candidates, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed)
 
 
 def progressive_purify(student: nn.Module, infected: nn.Module, session: Session, target: int | None,

@@ -64,9 +64,8 @@ def pick_per_class(scores: np.ndarray, labels: np.ndarray, share: float) -> np.n
 
 
 def screened_pool(model: nn.Module, data, size: int, candidates: np.ndarray, eps: float, radius: int,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """About `size` rows out of `candidates`: the highest-KL share of each class. Returns (rows, their KL)."""
+                  seed: int = 0) -> np.ndarray:
+    """About `size` rows out of `candidates`: the highest-KL share of each class."""
     candidates = np.asarray(candidates)
     kl = patch_kl_scores(model, data, eps, radius, rows=candidates, seed=seed, desc="first clean pool: KL scores")
-    picked = pick_per_class(kl, data.y[candidates], size / len(candidates))
-    return np.sort(candidates[picked]), kl
+    return np.sort(candidates[pick_per_class(kl, data.y[candidates], size / len(candidates))])
