@@ -78,12 +78,14 @@ def main() -> None:
             minutes = (time.perf_counter() - t) / 60
             after = res.history[-1]["eval"]
             pools = next((r["pools"] for r in reversed(res.history) if r.get("pools")), {})
+            gate = next((r["target_gate"] for r in res.history if r.get("target_gate")), None)
             row = {
                 "date": info["date"], "label": args.label, "attack": attack.name, "method": method,
                 "arch": args.arch, "train_epochs": args.train_epochs, "epochs_scale": args.epochs_scale,
                 "train_minutes": train_minutes, "before": res.before, "after": after,
                 "target_found": res.target.target_class, "target_true": attack.target,
                 "clean_pool": pools.get("clean_pool"), "poison_pool": pools.get("poison_pool"),
+                "target_gate": gate and {k: gate[k] for k in ("rows", "poison_pool") if k in gate},
                 "purify_minutes": round(minutes, 1), "machine": info,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             }

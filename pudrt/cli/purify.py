@@ -37,6 +37,9 @@ def purify(
     adv_samples: Annotated[int, typer.Option(help="Test samples attacked for adv_acc@PGD-7/6 per step.")] = 1000,
     initial_pool: Annotated[str, typer.Option(help="First clean pool: kl (screened by KL-consistency, the "
                                                    "default) or random (the PUD/PBE authors').")] = "kl",
+    target_gate: Annotated[bool, typer.Option(help="PUD: keep the found target class's patch-robust samples out "
+                                                   "of the clean pools and unlearn them (pudrt's addition; "
+                                                   "--no-target-gate runs the authors' PUD).")] = True,
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: the method's).")] = None,
     clean_weight: Annotated[float, typer.Option(help="Mix this weight of clean-image loss into adversarial "
                                                      "epochs (0 = the authors' pure PGD fine-tuning).")] = 0.0,
@@ -61,7 +64,8 @@ def purify(
 
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
                                   clean_weight=clean_weight, initial_pool=initial_pool,
-                                  threads=threads, **({"lr": lr} if lr is not None else {}))
+                                  threads=threads, **({"lr": lr} if lr is not None else {}),
+                                  **({} if target_gate else {"target_gate": False}))
     loaded = load_model_from_opts(model, arch, num_classes, mean, std, unsafe_pickle)
     if loaded.info.format not in ("state_dict", "pickle"):
         raise PudrtError(f"{model}: purify fine-tunes the weights, so it needs a state dict or safetensors file "

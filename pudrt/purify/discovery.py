@@ -74,6 +74,8 @@ class TargetEvidence:
     score: list[float]
     attacked: int
     flipped: int
+    robust_cut: float | None = None
+    """The patch-KL value of that 5th percentile; PUD gates the found target class with it (progressive.py)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,7 +141,8 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
     kl = patch_kl_scores(model, data, kl_eps, kl_radius, rows=np.sort(idx), seed=seed,
                          desc="target discovery (patch KL)")
     labels = data.y[np.sort(idx)]
-    low = kl < np.quantile(kl, ROBUST_QUANTILE)
+    cut = float(np.quantile(kl, ROBUST_QUANTILE))
+    low = kl < cut
     robust = np.array([low[labels == c].mean() if np.any(labels == c) else 0.0 for c in range(classes)])
     robust_z = _robust_z(robust, floor=0.02)
 
@@ -171,4 +174,4 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
                           survival.round(4).tolist(), survival_z.round(2).tolist(), robust.round(4).tolist(),
                           robust_z.round(2).tolist(), mass.round(4).tolist(),
                           mass_z.round(2).tolist(), score.round(2).tolist(), int(h["attacked"].sum()),
-                          int(into.sum()))
+                          int(into.sum()), cut)

@@ -23,6 +23,15 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
     """Save the outputs of a finished (or stopped) run; returns the lines the CLI prints."""
     out = Path(out)
     lines = [f"target class: {result.target.statement}"]
+    gate = next((r["target_gate"] for r in result.history if r.get("target_gate")), None)
+    if gate and "skipped" in gate:
+        lines.append(f"target gate skipped: {gate['skipped']} ({gate['rows']} samples of class {gate['class']}, "
+                     f"about {gate['expected_clean_inside']} expected clean); PUD ran as the authors'")
+    elif gate:
+        truth = f", {gate['poison_pool']['precision']:.1%} by ground truth" if "poison_pool" in gate else ""
+        lines.append(f"target gate: {gate['rows']} samples of class {gate['class']} barely move under a patch "
+                     f"perturbation (estimated {gate['estimated_precision']:.0%} poisons{truth}); kept out of every "
+                     f"clean pool and unlearned")
     if not result.finished:
         lines.append(f"stopped after step {result.history[-1].get('step')}; run the same command again to resume "
                      f"from {out / 'checkpoints'}")

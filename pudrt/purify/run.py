@@ -88,8 +88,7 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
         session.history.append({"step": 0, "eval": before, "note": "infected model, before purification"})
 
     if cfg.method in ("pud", "pbe"):
-        student, pools = progressive_purify(clone_trainable(infected), infected, session, target.target_class,
-                                            stop_after)
+        student, pools = progressive_purify(clone_trainable(infected), infected, session, target, stop_after)
         finished = len(session.history) and session.history[-1].get("step") == len(cfg.epochs)
     else:
         student, pools = advrbd(infected, session, num_classes)
