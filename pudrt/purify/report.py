@@ -26,7 +26,7 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
     gate = next((r["target_gate"] for r in result.history if r.get("target_gate")), None)
     if gate and "skipped" in gate:
         lines.append(f"target gate skipped: {gate['skipped']} ({gate['rows']} samples of class {gate['class']}, "
-                     f"about {gate['expected_clean_inside']} expected clean); PUD ran as the authors'")
+                     f"about {gate['expected_clean_inside']} expected clean); PUD ran without it")
     elif gate:
         truth = f", {gate['poison_pool']['precision']:.1%} by ground truth" if "poison_pool" in gate else ""
         lines.append(f"target gate: {gate['rows']} samples of class {gate['class']} barely move under a patch "

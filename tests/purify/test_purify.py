@@ -11,6 +11,8 @@ from pudrt.errors import PudrtError
 from pudrt.evaluate import clean_accuracy
 from pudrt.models import as_pair
 from pudrt.purify import Evaluation, PurifyConfig, discover_target, purify
+from pudrt.purify.discovery import TargetEvidence
+from pudrt.purify.progressive import target_gate
 from pudrt.train import Materialized
 
 # The authors' schedule at a tenth of its epochs: steps of 1, 1, 1, 1 and 3 epochs.
@@ -57,6 +59,27 @@ def test_pud_halves_asr_and_keeps_clean_accuracy(badnets_model, badnets_data, te
     clean = np.load(tmp_path / "clean_indices.npy")
     assert len(clean) == len(result.clean_indices)
     assert not np.isin(clean, np.load(tmp_path / "poison_indices.npy")).any()  # the pools are disjoint
+
+
+def test_the_target_gate_is_skipped_when_it_cannot_be_trusted(badnets_model, badnets_data):
+    data = Materialized(stratified(badnets_data, 30))
+    cfg = PurifyConfig.for_method("pud")
+    base = dict(target_class=0, statement="class 0", flips=[], flip_share=[], flip_z=[], survival=[], survival_z=[],
+                robust_z=[], outlier_mass=[], mass_z=[], score=[], attacked=0, flipped=0)
+    # nothing below the cut
+    gated, row = target_gate(badnets_model, data, TargetEvidence(**base, robust_share=[0.0] * 10, robust_cut=-1.0),
+                             cfg)
+    assert len(gated) == 0 and "no sample" in row["skipped"]
+    # every class has as much below the cut as the target: the gate would be mostly clean
+    gated, row = target_gate(badnets_model, data, TargetEvidence(**base, robust_share=[0.9] * 10, robust_cut=1e9),
+                             cfg)
+    assert len(gated) == 0 and row["rows"] == int(np.sum(data.y == 0)) and "estimated precision" in row["skipped"]
+    # no clean content expected: the gate is kept (here the whole class, the cut being above every score)
+    gated, row = target_gate(badnets_model, data, TargetEvidence(**base, robust_share=[0.0] * 10, robust_cut=1e9),
+                             cfg)
+    assert len(gated) == row["rows"] > 0 and "skipped" not in row
+    assert not target_gate(badnets_model, data, TargetEvidence(**base, robust_share=[0.0] * 10, robust_cut=1e9),
+                           PurifyConfig.for_method("pud", target_gate=False))[1]
 
 
 def test_a_clean_model_comes_out_about_as_accurate(clean_model, train_data, test_data, tmp_path):
