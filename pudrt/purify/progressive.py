@@ -34,6 +34,7 @@ end (README, Benchmarks).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,14 +107,16 @@ GATE_MIN_PRECISION = 0.8
 """The gate is unlearned only when at most this share of it is expected to be clean (see `target_gate`)."""
 
 
-def target_gate(infected: nn.Module, data, evidence: TargetEvidence, cfg: PurifyConfig) -> tuple[np.ndarray, dict]:
+def target_gate(infected: nn.Module, data, evidence: TargetEvidence, cfg: PurifyConfig,
+                quality: Callable[[np.ndarray], dict] | None = None) -> tuple[np.ndarray, dict]:
     """The found target class's patch-robust rows, or none when they cannot be trusted to be poisons.
 
     Negative learning unlearns whatever it is given, so the gate must be nearly
     all poisons. Its clean content is estimated without ground truth: an
     ordinary class keeps the median class's share below the cut
     (`evidence.robust_share`), so about that share of the target class's clean
-    samples falls into the gate too.
+    samples falls into the gate too. `quality` (rows -> precision/recall against
+    ground truth, where DATA has it) is recorded for a skipped gate as well.
     """
     t = evidence.target_class
     if not cfg.target_gate or t is None or evidence.robust_cut is None:
@@ -122,7 +125,7 @@ def target_gate(infected: nn.Module, data, evidence: TargetEvidence, cfg: Purify
     expected_clean = float(np.median(evidence.robust_share)) * int(np.sum(data.y == t))
     estimate = 1 - expected_clean / max(len(gated), 1)
     row = {"class": t, "rows": len(gated), "expected_clean_inside": round(expected_clean),
-           "estimated_precision": round(estimate, 4)}
+           "estimated_precision": round(estimate, 4), **(quality(gated) if quality is not None else {})}
     if not len(gated):
         return gated, {**row, "skipped": "no sample of the class falls below the cut"}
     if estimate < GATE_MIN_PRECISION:
@@ -161,11 +164,11 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
     gate_row: dict = {}
     blob = session.latest()
     if blob is None:
-        gated, gate_row = target_gate(infected, data, evidence, cfg)
+        gated, gate_row = target_gate(infected, data, evidence, cfg,
+                                      quality=lambda rows: session.pool_quality(np.zeros(0, int), rows))
         pools = gate_pools(Pools(first_pool(infected, data, cfg), np.zeros(0, np.int64), np.full(n, np.nan),
                                  np.full(n, np.nan)), gated)
         if len(gated):
-            gate_row.update(session.pool_quality(np.zeros(0, int), gated))
             opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
             gen = torch.Generator().manual_seed(cfg.seed * 7919 - 1)
             gate_row["unlearning"] = [

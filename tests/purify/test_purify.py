@@ -72,8 +72,9 @@ def test_the_target_gate_is_skipped_when_it_cannot_be_trusted(badnets_model, bad
     assert len(gated) == 0 and "no sample" in row["skipped"]
     # every class has as much below the cut as the target: the gate would be mostly clean
     gated, row = target_gate(badnets_model, data, TargetEvidence(**base, robust_share=[0.9] * 10, robust_cut=1e9),
-                             cfg)
+                             cfg, quality=lambda rows: {"checked": len(rows)})
     assert len(gated) == 0 and row["rows"] == int(np.sum(data.y == 0)) and "estimated precision" in row["skipped"]
+    assert row["checked"] == row["rows"]  # ground-truth quality is kept for a skipped gate too
     # no clean content expected: the gate is kept (here the whole class, the cut being above every score)
     gated, row = target_gate(badnets_model, data, TargetEvidence(**base, robust_share=[0.0] * 10, robust_cut=1e9),
                              cfg)
