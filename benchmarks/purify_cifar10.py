@@ -85,7 +85,8 @@ def main() -> None:
                 "train_minutes": train_minutes, "before": res.before, "after": after,
                 "target_found": res.target.target_class, "target_true": attack.target,
                 "clean_pool": pools.get("clean_pool"), "poison_pool": pools.get("poison_pool"),
-                "target_gate": gate and {k: gate[k] for k in ("rows", "poison_pool") if k in gate},
+                "target_gate": gate and {k: gate[k] for k in ("rows", "estimated_precision", "poison_pool", "skipped")
+                                              if k in gate},
                 "purify_minutes": round(minutes, 1), "machine": info,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             }

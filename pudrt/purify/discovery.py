@@ -75,7 +75,8 @@ class TargetEvidence:
     attacked: int
     flipped: int
     robust_cut: float | None = None
-    """The patch-KL value of that 5th percentile; PUD gates the found target class with it (progressive.py)."""
+    """Patch KL at the 5th percentile over all attacked samples (the robust_share cut); PUD gates the found
+    target class with it (progressive.py). None in target.json files written before it existed."""
 
     def to_dict(self) -> dict:
         return asdict(self)
