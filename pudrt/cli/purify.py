@@ -40,6 +40,9 @@ def purify(
     target_gate: Annotated[bool, typer.Option(help="PUD: keep the found target class's patch-robust samples out "
                                                    "of the clean pools and unlearn them (pudrt's addition; "
                                                    "--no-target-gate runs the authors' PUD).")] = True,
+    finish_epochs: Annotated[int | None, typer.Option(help="PUD: clean epochs after the last unlearning, learning "
+                                                          "rate annealed to 0 (default 1; 0 ends as the authors' "
+                                                          "PUD does).")] = None,
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: the method's).")] = None,
     clean_weight: Annotated[float, typer.Option(help="Mix this weight of clean-image loss into adversarial "
                                                      "epochs (0 = the authors' pure PGD fine-tuning).")] = 0.0,
@@ -65,6 +68,7 @@ def purify(
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
                                   clean_weight=clean_weight, initial_pool=initial_pool,
                                   threads=threads, **({"lr": lr} if lr is not None else {}),
+                                  **({"finish_epochs": finish_epochs} if finish_epochs is not None else {}),
                                   **({} if target_gate else {"target_gate": False}))
     loaded = load_model_from_opts(model, arch, num_classes, mean, std, unsafe_pickle)
     if loaded.info.format not in ("state_dict", "pickle"):

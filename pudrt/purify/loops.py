@@ -52,7 +52,8 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
                    gen: torch.Generator, batch_size: int, pgd: PGD | None = None,
                    teacher: MeanTeacher | None = None, consistency_weight: float = 0.0,
                    augment: bool = True, labels: np.ndarray | None = None, clean_weight: float = 0.0,
-                   desc: str = "epoch") -> dict:
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                   negatives: np.ndarray | None = None, negative_weight: float = 1.0, desc: str = "epoch") -> dict:
     """One epoch of (adversarial) fine-tuning on samples `idx`.
 
     With `pgd`, each batch is replaced by its untargeted PGD examples labelled
@@ -60,12 +61,20 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
     a softmax-MSE consistency term to the EMA teacher is added and the teacher
     is updated after each step. `clean_weight` > 0 mixes in the loss on the
     clean batch: (1 − w)·CE(x_adv) + w·CE(x). `labels` overrides the dataset's
-    labels (AdvrBD relabelling).
+    labels (AdvrBD relabelling). `scheduler` is stepped after every batch.
+    `negatives`, a precise poison set, are unlearned along the way: each batch
+    carries a proportional slice of them (one pass per epoch) in the same
+    forward, and the loss averages CE over the batch and
+    `negative_weight`·`negative_loss` over the slice, per sample.
     """
     student.train()
-    loss_sum = cons_sum = 0.0
+    batches = shuffled_batches(idx, batch_size, gen)
+    neg_batches: list[np.ndarray] = []
+    if negatives is not None and len(negatives) and len(batches):
+        neg_batches = shuffled_batches(negatives, -(-len(negatives) // len(batches)), gen)
+    loss_sum = cons_sum = neg_sum = 0.0
     correct = seen = adv_seen = 0
-    for b in progress(shuffled_batches(idx, batch_size, gen), desc):
+    for i, b in enumerate(progress(batches, desc)):
         x, y = pixels(data, b)
         if labels is not None:
             y = torch.from_numpy(labels[b]).long()
@@ -75,8 +84,17 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
         if pgd is not None:
             x = pgd(x, y)  # PGD switches to eval mode and back
             adv_seen += len(y)
-        logits = student(x)
+        if neg_batches:
+            xn, yn = pixels(data, neg_batches[i % len(neg_batches)])
+            both = student(torch.cat([x, augment_batch(xn, gen) if augment else xn]))
+            logits = both[: len(y)]
+            neg = negative_loss(both[len(y) :], yn)
+            neg_sum += float(neg.detach()) * len(y)
+        else:
+            logits = student(x)
         loss = F.cross_entropy(logits, y)
+        if neg_batches:  # per sample, a negative counts as much as a clean sample (times the weight)
+            loss = (len(y) * loss + negative_weight * len(yn) * neg) / (len(y) + len(yn))
         if pgd is not None and clean_weight > 0:
             loss = (1 - clean_weight) * loss + clean_weight * F.cross_entropy(student(x_clean), y)
         if teacher is not None:
@@ -88,6 +106,8 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         if teacher is not None:
             teacher.update(student)
         loss_sum += float(loss.detach()) * len(y)
@@ -97,7 +117,15 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
            "adversarial_samples": adv_seen}
     if teacher is not None:
         row["consistency"] = cons_sum / max(seen, 1)
+    if neg_batches:
+        row["negative_loss"] = neg_sum / max(seen, 1)
     return row
+
+
+def negative_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The complementary-label ("negative learning") loss, mean(−log(1 − p_y)): "this image is not its label"."""
+    p_y = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    return -torch.log1p(-p_y.clamp(max=1 - 1e-6)).mean()
 
 
 def paired_batches(data: Materialized, clean_idx: np.ndarray, poison_idx: np.ndarray, batch_size: int,
@@ -158,13 +186,13 @@ def negative_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
     for xc, yc, xp, yp in paired_batches(data, clean_idx, poison_idx, batch_size, gen, desc):
         batches += 1
         xc, xp = augment_batch(xc, gen), augment_batch(xp, gen)
-        p_y = F.softmax(student(xp), 1).gather(1, yp[:, None]).squeeze(1)
-        loss = F.cross_entropy(student(xc), yc) + weight * -torch.log1p(-p_y.clamp(max=1 - 1e-6)).mean()
+        poison_logits = student(xp)
+        loss = F.cross_entropy(student(xc), yc) + weight * negative_loss(poison_logits, yp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         total += float(loss.detach())
-        p_label += float(p_y.detach().mean())
+        p_label += float(F.softmax(poison_logits.detach(), 1).gather(1, yp[:, None]).mean())
     return {"loss": total / batches, "poison_p_label": p_label / batches, "batches": batches}
 
 

@@ -29,6 +29,12 @@ of the authors' unlearning left it at 85%. With the gate (4,075 rows at
 discovery's cut, 95.6% poisons) the teacher starts clean, and the consistency
 ranking keeps the poisons out of the clean pools from then on: ASR 0.08% at the
 end (README, Benchmarks).
+
+After the last step PUD runs a short clean finish (`finish_epochs`, pudrt's
+addition): the authors' last step ends on data purification and unlearning,
+which cost full-CIFAR-10 BadNets about 5 points of C-Acc (79.1 where the last
+clean epoch had trained to 87% on the pool); one clean epoch on the final pool
+with the learning rate annealed to 0 measured C-Acc 84.7 at ASR 0.9%.
 """
 
 from __future__ import annotations
@@ -185,6 +191,13 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         gated = blob["gated"].numpy() if "gated" in blob else np.zeros(0, np.int64)
         first = int(blob["step"]) + 1
     steps = len(cfg.epochs)
+
+    def checkpoint(k: int) -> None:
+        session.save(k, {"student": student, "teacher": teacher.model if teacher is not None else None,
+                         "teacher_updates": torch.tensor(teacher.updates if teacher is not None else 0),
+                         "clean": pools.clean, "poison": pools.poison, "scores": pools.scores,
+                         "spectre": pools.spectre, "gated": gated})
+
     for k in range(first, steps):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + k)
         epochs = cfg.scaled(cfg.epochs[k])
@@ -223,11 +236,30 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
                                                         cfg.gate_weight, desc=f"step {k + 1}: target gate")
             row["pools"] = session.pool_quality(pools.clean, pools.poison)
         session.record(row, student)
-        session.save(k, {"student": student, "teacher": teacher.model if teacher is not None else None,
-                         "teacher_updates": torch.tensor(teacher.updates if teacher is not None else 0),
-                         "clean": pools.clean, "poison": pools.poison, "scores": pools.scores,
-                         "spectre": pools.spectre, "gated": gated})
+        checkpoint(k)
         if stop_after is not None and k + 1 >= stop_after and k + 1 < steps:
             log.info("stopping after step %d as asked; run again to resume", k + 1)
-            break
+            return student, pools
+    if cfg.finish_epochs and first <= steps:
+        # the authors' last step ends on unlearning; a short annealed clean finish wins back the accuracy it costs
+        epochs = cfg.finish_epochs
+        opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
+        batches = epochs * -(-len(pools.clean) // cfg.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=batches)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + steps)
+        row = {"step": steps + 1, "stage": "finish", "train_pool": len(pools.clean), "lr": f"{cfg.lr} -> 0 (cosine)",
+               "epochs": []}
+        for e in range(epochs):
+            stats = finetune_epoch(student, opt, data, pools.clean, gen, cfg.batch_size, teacher=teacher,
+                                   consistency_weight=cfg.consistency_weight, augment=cfg.augment,
+                                   scheduler=schedule, negatives=gated if cfg.gate_passes else None,
+                                   negative_weight=cfg.gate_weight, desc=f"finish: epoch {e + 1}/{epochs}")
+            row["epochs"].append({k2: round(v, 5) if isinstance(v, float) else v for k2, v in stats.items()})
+        session.record(row, student)
+        checkpoint(steps)
     return student, pools
+
+
+def last_step(cfg: PurifyConfig) -> int:
+    """The `step` of the last history row of a complete PUD/PBE run (the finish counts as a step)."""
+    return len(cfg.epochs) + (1 if cfg.finish_epochs else 0)

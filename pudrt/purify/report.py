@@ -69,7 +69,7 @@ def write_report(path: Path, result: PurifyResult, cfg: PurifyConfig, summary: l
     rows += ["", "## Steps", "", "| step | clean pool | poison pool | metrics | pool quality |",
              "|---|---|---|---|---|"]
     for r in result.history:
-        name = r.get("step", r.get("stage", ""))
+        name = " ".join(str(r[k]) for k in ("step", "stage") if k in r)
         rows.append(f"| {name} | {r.get('clean_pool', '')} | {r.get('poison_pool', '')} | {_fmt(r.get('eval'))} | "
                     f"{json.dumps(r.get('pools', ''))} |")
     with atomic_path(path) as tmp:

@@ -22,7 +22,7 @@ from pudrt.purify.advrbd import advrbd
 from pudrt.purify.config import PurifyConfig
 from pudrt.purify.discovery import TargetEvidence, discover_target
 from pudrt.purify.loops import clone_trainable, pixels
-from pudrt.purify.progressive import Pools, progressive_purify
+from pudrt.purify.progressive import Pools, last_step, progressive_purify
 from pudrt.purify.session import Evaluation, Session
 from pudrt.train import Materialized, set_threads
 
@@ -89,7 +89,7 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
 
     if cfg.method in ("pud", "pbe"):
         student, pools = progressive_purify(clone_trainable(infected), infected, session, target, stop_after)
-        finished = len(session.history) and session.history[-1].get("step") == len(cfg.epochs)
+        finished = len(session.history) and session.history[-1].get("step") == last_step(cfg)
     else:
         student, pools = advrbd(infected, session, num_classes)
         finished = True  # AdvrBD has no --stop-after; its four stages always run to the end

@@ -45,15 +45,19 @@ def test_pud_halves_asr_and_keeps_clean_accuracy(badnets_model, badnets_data, te
     # the found target's patch-robust tail is nearly all poisons: it is safe to unlearn
     gate = result.history[1]["target_gate"]
     assert gate["class"] == 0 and gate["poison_pool"]["precision"] >= 0.9, gate
-    assert after["asr"] <= before["asr"] / 2 and after["asr"] <= 0.05, (before, after)
+    # the gate unlearns the backdoor by the last step; the clean finish may win a little of it back on this weak
+    # model (15 poisons stay in its clean pool; measured 1.1% -> 4.8%), never most of it
+    assert result.history[-2]["eval"]["asr"] <= 0.05, result.history[-2]
+    assert after["asr"] <= before["asr"] / 2 and after["asr"] <= 0.10, (before, after)
     assert after["c_acc"] >= before["c_acc"] - 0.10, (before, after)
     assert after["adv_acc@PGD-7/6"] > before["adv_acc@PGD-7/6"], (before, after)
     # the final clean pool is mostly clean: ground truth comes from the data's poison.json
-    quality = result.history[-1]["pools"]
+    quality = result.history[-2]["pools"]  # the last step's; the finish trains on that pool
     assert quality["clean_pool"]["precision"] >= 0.95
     assert quality["poison_pool"]["recall"] >= 0.5
     history = json.loads((tmp_path / "history.json").read_text())
-    assert [r["step"] for r in history["steps"]] == [0, 1, 2, 3, 4, 5]
+    assert [r["step"] for r in history["steps"]] == [0, 1, 2, 3, 4, 5, 6]
+    assert history["steps"][-1]["stage"] == "finish" and history["steps"][-1]["train_pool"] == len(result.clean_indices)
     for name in ("clean_indices.npy", "poison_indices.npy", "scores.csv", "target.json"):
         assert (tmp_path / name).exists()
     clean = np.load(tmp_path / "clean_indices.npy")
@@ -100,6 +104,12 @@ def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(badnets_model,
     assert not straight.finished and [r["step"] for r in resumed.history] == [1, 2]
     np.testing.assert_array_equal(straight.clean_indices, resumed.clean_indices)
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    # run to the end (steps 3-5 and the finish), then once more: a finished run is not trained again
+    done = purify(badnets_model, data, cfg, tmp_path / "resumed", 10)
+    again = purify(badnets_model, data, cfg, tmp_path / "resumed", 10)
+    assert done.finished and again.finished and [r["step"] for r in again.history] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(done.model.state_dict().values(), again.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
 
