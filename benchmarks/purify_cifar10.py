@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,7 @@ def main() -> None:
             after = res.history[-1]["eval"]
             pools = next((r["pools"] for r in reversed(res.history) if r.get("pools")), {})
             gate = next((r["target_gate"] for r in res.history if r.get("target_gate")), None)
+            finish = res.history[-1].get("stage") == "finish"
             row = {
                 "date": info["date"], "label": args.label, "attack": attack.name, "method": method,
                 "arch": args.arch, "train_epochs": args.train_epochs, "epochs_scale": args.epochs_scale,
@@ -87,7 +89,8 @@ def main() -> None:
                 "clean_pool": pools.get("clean_pool"), "poison_pool": pools.get("poison_pool"),
                 "target_gate": gate and {k: gate[k] for k in ("rows", "estimated_precision", "poison_pool", "skipped")
                                               if k in gate},
-                "purify_minutes": round(minutes, 1), "machine": info,
+                "before_finish": res.history[-2].get("eval") if finish else None,
+                "purify_minutes": round(minutes, 1), "machine": info, "commit": git_commit(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             }
             print(json.dumps(row), flush=True)
@@ -95,6 +98,19 @@ def main() -> None:
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             write_results_md()
+
+
+def git_commit() -> str | None:
+    """The checkout's short commit (with "+" when it has uncommitted changes), so rows from older code can be told
+    apart; None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
 
 
 def _pct(x) -> str:
@@ -113,8 +129,8 @@ def write_results_md() -> None:
         f"2-core CPU. The epoch schedule is the authors' times `epochs_scale`. Bar to beat: {PAPER}.",
         "",
         "| date | attack | method | arch | scale | C-Acc before→after | ASR before→after | adv_acc before→after | "
-        "target found | clean-pool precision / recall | poison-pool precision / recall | min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "target found | clean-pool precision / recall | poison-pool precision / recall | min | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b, a = r["before"] or {}, r["after"] or {}
@@ -124,7 +140,7 @@ def write_results_md() -> None:
             f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))} | {_pct(b.get('asr'))}→{_pct(a.get('asr'))} | "
             f"{_pct(b.get(adv))}→{_pct(a.get(adv))} | {r['target_found']} (true {r['target_true']}) | "
             f"{_pct(cp.get('precision'))} / {_pct(cp.get('recall'))} | {_pct(pp.get('precision'))} / "
-            f"{_pct(pp.get('recall'))} | {r['purify_minutes']} |"
+            f"{_pct(pp.get('recall'))} | {r['purify_minutes']} | {r.get('commit') or 'earlier'} |"
         )
     m = rows[-1]["machine"] if rows else {}
     lines += ["", f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}."]
