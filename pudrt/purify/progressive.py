@@ -246,7 +246,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         epochs = cfg.finish_epochs
         opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
         batches = epochs * -(-len(pools.clean) // cfg.batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=batches)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, batches))
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + steps)
         row = {"step": steps + 1, "stage": "finish", "train_pool": len(pools.clean), "lr": f"{cfg.lr} -> 0 (cosine)",
                "epochs": []}
