@@ -81,6 +81,7 @@ def main() -> None:
             pools = next((r["pools"] for r in reversed(res.history) if r.get("pools")), {})
             gate = next((r["target_gate"] for r in res.history if r.get("target_gate")), None)
             finish = res.history[-1].get("stage") == "finish"
+            target_filter = next((r["spectre"] for r in reversed(res.history) if r.get("spectre")), None)
             row = {
                 "date": info["date"], "label": args.label, "attack": attack.name, "method": method,
                 "arch": args.arch, "train_epochs": args.train_epochs, "epochs_scale": args.epochs_scale,
@@ -89,6 +90,7 @@ def main() -> None:
                 "clean_pool": pools.get("clean_pool"), "poison_pool": pools.get("poison_pool"),
                 "target_gate": gate and {k: gate[k] for k in ("rows", "estimated_precision", "poison_pool", "skipped")
                                               if k in gate},
+                "target_filter": target_filter,
                 "before_finish": res.history[-2].get("eval") if finish else None,
                 "purify_minutes": round(minutes, 1), "machine": info, "commit": git_commit(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

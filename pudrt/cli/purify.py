@@ -40,6 +40,9 @@ def purify(
     target_gate: Annotated[bool, typer.Option(help="PUD: keep the found target class's patch-robust samples out "
                                                    "of the clean pools and unlearn them (pudrt's addition; "
                                                    "--no-target-gate runs the authors' PUD).")] = True,
+    target_fit: Annotated[str, typer.Option(help="PUD: how the found target class is filtered: anchored (a fit on "
+                                                 "its rows in the KL-screened first pool, the default) or spectre "
+                                                 "(the authors' SPECTRE).")] = "anchored",
     finish_epochs: Annotated[int | None, typer.Option(help="PUD: clean epochs after the last unlearning, learning "
                                                           "rate annealed to 0 (default 1; 0 ends as the authors' "
                                                           "PUD does).")] = None,
@@ -66,7 +69,7 @@ def purify(
     from pudrt.purify.report import finish
 
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
-                                  clean_weight=clean_weight, initial_pool=initial_pool,
+                                  clean_weight=clean_weight, initial_pool=initial_pool, target_fit=target_fit,
                                   threads=threads, **({"lr": lr} if lr is not None else {}),
                                   **({"finish_epochs": finish_epochs} if finish_epochs is not None else {}),
                                   **({} if target_gate else {"target_gate": False}))

@@ -13,6 +13,13 @@ each sample, and takes the top `rates[k]` as the next clean pool. PUD also
 removes the samples SPECTRE flags in the suspected target class and unlearns
 the poison pool (bottom `poison_share` ∪ flagged) under an L1 anchor.
 
+PUD filters the target class with an anchored fit by default (`target_fit`,
+pudrt's change; scores/anchored.py): the target-class rows of the KL-screened
+first pool are trusted clean, and whatever lies beyond the χ² quantile of a
+Gaussian fit on them is flagged. The authors' SPECTRE assumes the clean part
+is the class's tighter majority; an all-to-one attack at 10% breaks that, and
+on full CIFAR-10 Blend its flags removed every clean airplane from the pools.
+
 PUD also gates the found target class (`target_gate`, pudrt's addition): its
 samples whose patch KL falls below target discovery's 5th percentile are
 trigger-dominated, so they never enter a clean pool, always sit in the poison
@@ -56,7 +63,8 @@ from pudrt.purify.loops import finetune_epoch, forward_all, make_optimizer, nega
 from pudrt.purify.screening import gate_class, screened_pool
 from pudrt.purify.session import Session
 from pudrt.purify.teacher import MeanTeacher
-from pudrt.scores import consistency_scores, flag_top, spectre_class
+from pudrt.scores import anchored_scores, consistency_scores, flag_top, spectre_class
+from pudrt.scores.anchored import MIN_ANCHORS_PER_DIRECTION, K
 
 log = logging.getLogger(__name__)
 
@@ -68,34 +76,68 @@ class Pools:
     scores: np.ndarray
     """Consistency score of every row (higher = more likely clean); NaN before the first ranking."""
     spectre: np.ndarray
-    """SPECTRE QUE score of rows in the suspected target class; NaN elsewhere."""
+    """Target-class filter score of rows in the suspected target class (higher = more suspect: the anchored fit's
+    squared Mahalanobis distance, or SPECTRE's QUE score); NaN elsewhere."""
+
+
+MIN_ANCHORS = MIN_ANCHORS_PER_DIRECTION * K
+"""Anchors the anchored fit needs to use all of its K principal directions; with fewer, SPECTRE runs."""
+MAX_FLAGGED_SHARE = 0.75
+"""The target-class filter never flags more than this share of the class, so some of it stays trainable."""
 
 
 def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.ndarray, judge_pred: np.ndarray,
                 infected_features: np.ndarray | None, target: int | None, rate: float, poison_share: float,
-                use_spectre: bool) -> tuple[Pools, dict]:
-    """New clean pool = top `rate` by consistency minus SPECTRE-flagged; poison pool = bottom ∪ flagged."""
+                use_spectre: bool, anchors: np.ndarray | None = None) -> tuple[Pools, dict, np.ndarray]:
+    """New clean pool = top `rate` by consistency minus the target-class filter's flags; poison pool = bottom ∪
+    flagged.
+
+    With `anchors` (rows of the target class trusted to be clean) the filter is
+    the anchored fit (scores/anchored.py); without them, or with fewer than
+    MIN_ANCHORS, SPECTRE seeded with the clean pool. Measured on the tests'
+    5,000-image scenario, where the first pool holds 24 target-class rows: the
+    anchored fit could use only 6 directions and caught 82% of the poisons, and
+    ASR after step 5 was 7.9% where SPECTRE's gave 1.1%. Returns the pools, what the filter
+    saw, and the rows it flagged.
+    """
     n = len(consistency)
     order = np.argsort(-consistency, kind="stable")
     clean = order[: int(round(rate * n))]
     poison = order[n - max(1, int(round(poison_share * n))):]
     spectre = np.full(n, np.nan)
     info: dict = {}
+    flagged = np.zeros(0, np.int64)
     if use_spectre and target is not None and infected_features is not None:
         members = np.flatnonzero(labels == target)
-        # Expected poisons in the target class: the samples the two models disagree on there.
-        expected = int(np.sum(infected_pred[members] != judge_pred[members]))
-        expected = int(np.clip(expected, max(1, len(members) // 100), len(members) // 2))
-        in_clean = np.zeros(n, bool)
-        in_clean[clean] = True
-        res = spectre_class(infected_features[members], expected, seed=in_clean[members])
-        spectre[members] = res.scores
-        flagged = members[flag_top(res.scores, min(int(1.5 * expected), int(0.75 * len(members))))]
+        cap = max(1, int(MAX_FLAGGED_SHARE * len(members)))
+        info = {"class": target}
+        fit = None
+        if anchors is not None:
+            inside = np.flatnonzero(np.isin(members, anchors))
+            if len(inside) >= MIN_ANCHORS:
+                fit = anchored_scores(infected_features[members], inside)
+            else:
+                info["anchored_fit_skipped"] = f"{len(inside)} anchors, fewer than {MIN_ANCHORS}"
+        if fit is not None:
+            spectre[members] = fit.scores
+            hits = fit.flagged if len(fit.flagged) <= cap else flag_top(fit.scores, cap)
+            flagged = members[hits]
+            info.update({"fit": "anchored", "anchors": int(np.isin(members, anchors).sum()), "k": fit.k,
+                         "cut": round(fit.cut, 2), "beyond_cut": len(fit.flagged), "flagged": len(flagged)})
+        else:
+            # Expected poisons in the target class: the samples the two models disagree on there.
+            expected = int(np.sum(infected_pred[members] != judge_pred[members]))
+            expected = int(np.clip(expected, max(1, len(members) // 100), len(members) // 2))
+            in_clean = np.zeros(n, bool)
+            in_clean[clean] = True
+            res = spectre_class(infected_features[members], expected, seed=in_clean[members])
+            spectre[members] = res.scores
+            flagged = members[flag_top(res.scores, min(int(1.5 * expected), cap))]
+            info.update({"fit": "spectre", "expected_poisons": expected, "flagged": len(flagged), "k": res.k,
+                         "excess": round(res.excess, 3)})
         clean = np.setdiff1d(clean, flagged, assume_unique=False)
         poison = np.union1d(poison, flagged)
-        info = {"class": target, "expected_poisons": expected, "flagged": len(flagged), "k": res.k,
-                "excess": round(res.excess, 3)}
-    return Pools(np.sort(clean), np.sort(poison), consistency, spectre), info
+    return Pools(np.sort(clean), np.sort(poison), consistency, spectre), info, flagged
 
 
 def first_pool(infected: nn.Module, data, cfg: PurifyConfig) -> np.ndarray:
@@ -143,6 +185,20 @@ def target_gate(infected: nn.Module, data, evidence: TargetEvidence, cfg: Purify
     return gated, row
 
 
+def target_anchors(first: np.ndarray, labels: np.ndarray, target: int | None, cfg: PurifyConfig
+                   ) -> np.ndarray | None:
+    """Rows of the target class that the anchored fit may trust as clean: those in the KL-screened first pool.
+
+    None when the fit is SPECTRE's, or when the first pool was drawn at random
+    (it then carries the class's poisons, which are its majority)."""
+    if target is None or not cfg.spectre or cfg.target_fit != "anchored":
+        return None
+    if cfg.initial_pool != "kl" or cfg.screen_factor == 1:
+        log.warning("the anchored target-class fit needs a KL-screened first pool; using SPECTRE")
+        return None
+    return np.sort(first[labels[first] == target])
+
+
 def gate_pools(pools: Pools, gated: np.ndarray) -> Pools:
     """Gated rows leave the clean pool and join the poison pool."""
     if len(gated):
@@ -175,6 +231,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
                                       quality=lambda rows: session.pool_quality(np.zeros(0, int), rows))
         pools = gate_pools(Pools(first_pool(infected, data, cfg), np.zeros(0, np.int64), np.full(n, np.nan),
                                  np.full(n, np.nan)), gated)
+        anchors = target_anchors(pools.clean, data.y, target, cfg)
         if len(gated):
             opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
             gen = torch.Generator().manual_seed(cfg.seed * 7919 - 1)
@@ -190,6 +247,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         pools = Pools(blob["clean"].numpy(), blob["poison"].numpy(), blob["scores"].numpy(),
                       blob["spectre"].numpy())
         gated = blob["gated"].numpy() if "gated" in blob else np.zeros(0, np.int64)
+        anchors = blob["anchors"].numpy() if blob.get("anchors") is not None else None
         first = int(blob["step"]) + 1
     steps = len(cfg.epochs)
 
@@ -197,7 +255,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         session.save(k, {"student": student, "teacher": teacher.model if teacher is not None else None,
                          "teacher_updates": torch.tensor(teacher.updates if teacher is not None else 0),
                          "clean": pools.clean, "poison": pools.poison, "scores": pools.scores,
-                         "spectre": pools.spectre, "gated": gated})
+                         "spectre": pools.spectre, "gated": gated, "anchors": anchors})
 
     for k in range(first, steps):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + k)
@@ -208,6 +266,10 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         row: dict = {"step": k + 1, "train_pool": len(pools.clean), "epochs": []}
         if k == 0:
             row["first_pool"] = {"how": cfg.initial_pool, **session.pool_quality(pools.clean, np.zeros(0, int))}
+            if anchors is not None:
+                truth = session.pool_quality(anchors, np.zeros(0, int)).get("clean_pool", {})
+                row["first_pool"]["target_anchors"] = {"rows": len(anchors), **(
+                    {"poisons_inside": truth["poisons_inside"]} if truth else {})}
             if gate_row:
                 row["target_gate"] = gate_row
         for e in range(epochs):
@@ -221,13 +283,15 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
             judge = teacher.model if teacher is not None else student
             judge_logits, _ = forward_all(as_pair(judge), data, desc=f"step {k + 1}: consistency")
             cons = consistency_scores(infected_logits, judge_logits)
-            pools, spectre_info = split_pools(cons, data.y, infected_pred, judge_logits.argmax(1), infected_feats,
-                                              target, cfg.rates[k], cfg.poison_share, cfg.spectre)
+            pools, spectre_info, flagged = split_pools(cons, data.y, infected_pred, judge_logits.argmax(1),
+                                                       infected_feats, target, cfg.rates[k], cfg.poison_share,
+                                                       cfg.spectre, anchors)
             pools = gate_pools(pools, gated)
             row.update({"clean_pool": len(pools.clean), "poison_pool": len(pools.poison),
                         "disagree": int(np.sum(infected_pred != judge_logits.argmax(1)))})
             if spectre_info:
-                row["spectre"] = spectre_info
+                truth = session.pool_quality(np.zeros(0, np.int64), flagged).get("poison_pool")
+                row["spectre"] = {**spectre_info, **({"flagged_quality": truth} if truth else {})}
             if cfg.unlearn:
                 row["unlearning"] = unlearn_epoch(student, opt, data, pools.clean, pools.poison, anchor, gen,
                                                   cfg.batch_size, cfg.unlearn_weight, cfg.anchor_weight,

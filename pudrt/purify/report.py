@@ -32,6 +32,14 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
         lines.append(f"target gate: {gate['rows']} samples of class {gate['class']} barely move under a patch "
                      f"perturbation (estimated {gate['estimated_precision']:.0%} poisons{truth}); kept out of every "
                      f"clean pool and unlearned")
+    fit = next((r["spectre"] for r in reversed(result.history) if r.get("spectre")), None)
+    if fit:
+        how = (f"a fit on its {fit['anchors']} rows in the first clean pool (beyond χ²_{fit['k']} {fit['cut']})"
+               if fit["fit"] == "anchored" else f"SPECTRE (k {fit['k']}, {fit['expected_poisons']} expected poisons)")
+        truth = (f", {fit['flagged_quality']['precision']:.1%} poisons by ground truth"
+                 if "flagged_quality" in fit else "")
+        lines.append(f"target class filter: {how} flagged {fit['flagged']} samples of class {fit['class']} at the "
+                     f"last step{truth}")
     if not result.finished:
         lines.append(f"stopped after step {result.history[-1].get('step')}; run the same command again to resume "
                      f"from {out / 'checkpoints'}")

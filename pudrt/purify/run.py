@@ -116,7 +116,7 @@ def write_pools(out: Path, dataset: LabelledImages, data: Materialized, pools: P
     with atomic_path(out / "scores.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["index", "id", "label", "score", "spectre", "pool"])
+            w.writerow(["index", "id", "label", "score", "target_score", "pool"])
             for r in range(len(data)):
                 i = int(data.index[r])
                 sp = "" if np.isnan(pools.spectre[r]) else f"{pools.spectre[r]:.6g}"

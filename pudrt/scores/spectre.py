@@ -53,6 +53,14 @@ def chi2_quantile(q: float, k: int) -> float:
     return k * (1 - a + z * np.sqrt(a)) ** 3
 
 
+def principal_coordinates(x: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """(coordinates of the centred rows of `x` in their top-k principal directions, k capped by the rank)."""
+    centred = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    k = max(1, min(k, vt.shape[0]))
+    return centred @ vt[:k].T, k
+
+
 def robust_mean_cov(z: np.ndarray, remove: int, seed: np.ndarray | None = None, starts: int = 10,
                     max_iter: int = 30, rng: np.random.Generator | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -235,10 +243,7 @@ def outlier_mass(features: np.ndarray, k: int = 16, quantile: float = 0.99) -> t
     n = len(x)
     if n < 8:
         return 0.0, 1.0
-    centred = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    k = max(1, min(k, vt.shape[0], n // 4))
-    z = centred @ vt[:k].T
+    z, k = principal_coordinates(x, max(1, min(k, n // 4)))
     mu, cov, _ = robust_mean_cov(z, n // 2)
     vals, vecs = np.linalg.eigh(cov)
     w = (z - mu) @ vecs / np.sqrt(np.maximum(vals, 1e-12))
