@@ -113,6 +113,16 @@ def test_the_anchored_fit_flags_the_target_class_poisons_from_the_first_pool(att
     assert info["fit"] == "spectre" and "10 anchors" in info["anchored_fit_skipped"]
 
 
+def test_anchors_are_the_target_rows_of_a_screened_first_pool_only():
+    labels = np.array([0, 1, 0, 2, 0])
+    first = np.array([0, 1, 4])
+    assert target_anchors(first, labels, 0, PurifyConfig.for_method("pud")).tolist() == [0, 4]
+    for cfg in (PurifyConfig.for_method("pud", initial_pool="random"),
+                PurifyConfig.for_method("pud", target_fit="spectre"), PurifyConfig.for_method("pbe")):
+        assert target_anchors(first, labels, 0, cfg) is None  # a random pool carries the poisons, their majority
+    assert target_anchors(first, labels, None, PurifyConfig.for_method("pud")) is None
+
+
 def test_a_clean_model_comes_out_about_as_accurate(clean_model, train_data, test_data, tmp_path):
     before = clean_accuracy(clean_model, test_data)
     result = purify(clean_model, stratified(train_data, 500), PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path,
@@ -171,3 +181,5 @@ def test_bad_inputs_are_explained(badnets_model, train_data, tmp_path):
         PurifyConfig.for_method("pud", initial_pool="oracle")
     with pytest.raises(PudrtError, match="gate passes"):
         PurifyConfig.for_method("pud", gate_passes=-1)
+    with pytest.raises(PudrtError, match="--target-fit must be one of anchored, spectre"):
+        PurifyConfig.for_method("pud", target_fit="oracle")
