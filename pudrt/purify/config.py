@@ -57,9 +57,9 @@ class PurifyConfig:
     quantile of a Gaussian fit on the target-class rows of the KL-screened first clean pool (scores/anchored.py).
     SPECTRE's fit locks onto the poisons when they are the class's majority, as an all-to-one attack at 10% makes
     them: on full CIFAR-10 Blend its flags left no clean airplane in the pool (purified airplane accuracy 0%), where
-    the anchored fit flagged 5,406 rows, 92% poisons, 99.6% of them (BadNets: 4,952 rows, 98.2% poisons, 97.3%
-    of them; /tmp experiments on the infected models, README). Needs initial_pool "kl" and at least 64 such
-    rows (4 per direction); otherwise PUD uses SPECTRE and says so in the history."""
+    the anchored fit flagged 5,406 rows, 92% poisons, 99.6% of them (BadNets: 5,014 rows, 97.8% poisons, 98.1%
+    of them; the benchmark runs in the README). Needs initial_pool "kl" and at least 64 such rows (4 per
+    direction); otherwise PUD uses SPECTRE and says so in the history."""
     unlearn: bool = True
     unlearn_weight: float = 0.003
     anchor_weight: float = 1e-4
