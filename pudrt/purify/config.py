@@ -59,7 +59,10 @@ class PurifyConfig:
     them: on full CIFAR-10 Blend its flags left no clean airplane in the pool (purified airplane accuracy 0%), where
     the anchored fit flagged 5,406 rows, 92% poisons, 99.6% of them (BadNets: 5,014 rows, 97.8% poisons, 98.1%
     of them; the benchmark runs in the README). Needs initial_pool "kl" and at least 64 such rows (4 per
-    direction); otherwise PUD uses SPECTRE and says so in the history."""
+    direction); otherwise PUD uses SPECTRE and says so in the history. Either fit is checked against the judge at
+    each step (progressive.orientation): when it flags what the judge reads as the target class and leaves what the
+    judge reads as other classes, it is inverted, and PUD refits on the class rows of the clean pool that the judge
+    confirms (on full CIFAR-10 WaNet the first pool's anchors were 97% poisons)."""
     unlearn: bool = True
     unlearn_weight: float = 0.003
     anchor_weight: float = 1e-4

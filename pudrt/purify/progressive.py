@@ -19,6 +19,9 @@ first pool are trusted clean, and whatever lies beyond the χ² quantile of a
 Gaussian fit on them is flagged. The authors' SPECTRE assumes the clean part
 is the class's tighter majority; an all-to-one attack at 10% breaks that, and
 on full CIFAR-10 Blend its flags removed every clean airplane from the pools.
+Anchors fail too when the poisons survive the patch screening (WaNet's warp
+is global), so each step checks the filter against the judge (`orientation`)
+and refits on the rows the judge confirms when the filter is inverted.
 
 PUD also gates the found target class (`target_gate`, pudrt's addition): its
 samples whose patch KL falls below target discovery's 5th percentile are
@@ -85,11 +88,72 @@ MIN_ANCHORS = MIN_ANCHORS_PER_DIRECTION * K
 """Anchors the anchored fit needs to use all of its K principal directions; with fewer, SPECTRE runs."""
 MAX_FLAGGED_SHARE = 0.75
 """The target-class filter never flags more than this share of the class, so some of it stays trainable."""
+ORIENTATION_MARGIN = 0.1
+"""How much less often than elsewhere the judge must agree with the label on the rest of the class."""
+
+
+@dataclass
+class Split:
+    """One step's data purification: the pools, what the target-class filter saw, its flags, and the anchors the
+    next step's filter trusts (replaced when the judge found this step's filter inverted)."""
+
+    pools: Pools
+    info: dict
+    flagged: np.ndarray
+    anchors: np.ndarray | None
+    anchors_from: str
+    """"first_pool" (target_anchors) or "judge" (rows the judge confirmed after an inverted fit)."""
+
+
+def orientation(judge_pred: np.ndarray, labels: np.ndarray, flagged: np.ndarray, target: int) -> dict:
+    """Is the target-class filter inverted? Read from how often the judge agrees with the label on its flags, on
+    the rest of the class, and on the other classes (`elsewhere`, the median class).
+
+    An all-to-one poison is an image of another class, so once adversarial
+    fine-tuning has erased the backdoor the judge reads it as that class. A
+    filter that flags clean rows leaves the poisons in the rest of the class:
+    the judge then agrees with the label on the rest far less often than
+    elsewhere (by ORIENTATION_MARGIN), and on the flags more often than on the
+    rest. Both must hold.
+    The first alone also fires when an oriented filter misses poisons; the
+    second alone fires when the judge still carries the backdoor, for it then
+    reads poisons as the target more reliably than clean rows (the tests'
+    resnet8: 99% vs 72%). A judge with the backdoor agrees on the rest as
+    often as elsewhere, and the check then says nothing.
+
+    Measured after step 1 on full CIFAR-10 (resnet9w16), flags / rest: the
+    anchored fit 0.07 / 0.86 (BadNets) and 0.16 / 0.91 (Blend), where it
+    flagged poisons; 0.85 / 0.37 on WaNet, where the first pool's anchors were
+    97% poisons and it flagged clean airplanes; SPECTRE 0.65 / 0.08 on Blend.
+    On the tests' BadNets resnet8 with 100 poisons for anchors and a clean
+    resnet8 as the judge: 0.39 / 0.28, elsewhere 0.64.
+    """
+    members = np.flatnonzero(labels == target)
+    rest = np.setdiff1d(members, flagged)
+    agree = [round(float(np.mean(judge_pred[r] == target)), 4) if len(r) else None for r in (flagged, rest)]
+    per_class = [np.mean(judge_pred[labels == c] == c) for c in np.unique(labels) if c != target]
+    elsewhere = round(float(np.median(per_class)), 4) if per_class else None
+    inverted = (None not in agree and elsewhere is not None and agree[0] > agree[1]
+                and elsewhere - agree[1] > ORIENTATION_MARGIN)
+    return {"judge_agrees_flagged": agree[0], "judge_agrees_rest": agree[1], "judge_agrees_elsewhere": elsewhere,
+            "inverted": bool(inverted)}
+
+
+def anchored_filter(features: np.ndarray, members: np.ndarray, anchors: np.ndarray, cap: int
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The anchored fit on the class `members` (row indices) with `anchors` (rows among them): its scores, the
+    rows it flags (at most `cap`) and what it saw."""
+    inside = np.flatnonzero(np.isin(members, anchors))
+    fit = anchored_scores(features[members], inside)
+    hits = fit.flagged if len(fit.flagged) <= cap else flag_top(fit.scores, cap)
+    return fit.scores, members[hits], {"fit": "anchored", "anchors": len(inside), "k": fit.k,
+                                       "cut": round(fit.cut, 2), "beyond_cut": len(fit.flagged),
+                                       "flagged": len(hits)}
 
 
 def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.ndarray, judge_pred: np.ndarray,
                 infected_features: np.ndarray | None, target: int | None, rate: float, poison_share: float,
-                use_spectre: bool, anchors: np.ndarray | None = None) -> tuple[Pools, dict, np.ndarray]:
+                use_spectre: bool, anchors: np.ndarray | None = None, anchors_from: str = "first_pool") -> Split:
     """New clean pool = top `rate` by consistency minus the target-class filter's flags; poison pool = bottom ∪
     flagged.
 
@@ -98,8 +162,17 @@ def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.n
     MIN_ANCHORS, SPECTRE seeded with the clean pool. Measured on the tests'
     5,000-image scenario, where the first pool holds 24 target-class rows: the
     anchored fit could use only 6 directions and caught 82% of the poisons, and
-    ASR after step 5 was 7.9% where SPECTRE's gave 1.1%. Returns the pools, what the filter
-    saw, and the rows it flagged.
+    ASR after step 5 was 7.9% where SPECTRE's gave 1.1%.
+
+    Either filter can come out inverted (`orientation`). Then the anchors are
+    replaced by the class's rows in the new clean pool that the judge reads as
+    the target class, and the anchored fit runs on them; from then on they are
+    the anchors. Measured after step 1 on full CIFAR-10 WaNet (resnet9w16),
+    where the first pool's anchors were 486 poisons of 502: 207 such rows, no
+    poison among them, flagged 5,049 rows at 98.0% precision and 98.9% recall
+    (the inverted fit: 2,432 rows, 3.3% poisons). With fewer than MIN_ANCHORS of
+    them, or if that fit is inverted too, nothing is flagged: an inverted
+    filter removes the class's clean samples from every clean pool.
     """
     n = len(consistency)
     order = np.argsort(-consistency, kind="stable")
@@ -112,19 +185,12 @@ def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.n
         members = np.flatnonzero(labels == target)
         cap = max(1, int(MAX_FLAGGED_SHARE * len(members)))
         info = {"class": target}
-        fit = None
-        if anchors is not None:
-            inside = np.flatnonzero(np.isin(members, anchors))
-            if len(inside) >= MIN_ANCHORS:
-                fit = anchored_scores(infected_features[members], inside)
-            else:
-                info["anchored_fit_skipped"] = f"{len(inside)} anchors, fewer than {MIN_ANCHORS}"
-        if fit is not None:
-            spectre[members] = fit.scores
-            hits = fit.flagged if len(fit.flagged) <= cap else flag_top(fit.scores, cap)
-            flagged = members[hits]
-            info.update({"fit": "anchored", "anchors": int(np.isin(members, anchors).sum()), "k": fit.k,
-                         "cut": round(fit.cut, 2), "beyond_cut": len(fit.flagged), "flagged": len(flagged)})
+        inside = int(np.isin(members, anchors).sum()) if anchors is not None else 0
+        if anchors is not None and inside < MIN_ANCHORS:
+            info["anchored_fit_skipped"] = f"{inside} anchors, fewer than {MIN_ANCHORS}"
+        if anchors is not None and inside >= MIN_ANCHORS:
+            scores, flagged, row = anchored_filter(infected_features, members, anchors, cap)
+            row["anchors_from"] = anchors_from
         else:
             # Expected poisons in the target class: the samples the two models disagree on there.
             expected = int(np.sum(infected_pred[members] != judge_pred[members]))
@@ -132,13 +198,35 @@ def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.n
             in_clean = np.zeros(n, bool)
             in_clean[clean] = True
             res = spectre_class(infected_features[members], expected, seed=in_clean[members])
-            spectre[members] = res.scores
+            scores = res.scores
             flagged = members[flag_top(res.scores, min(int(1.5 * expected), cap))]
-            info.update({"fit": "spectre", "expected_poisons": expected, "flagged": len(flagged), "k": res.k,
-                         "excess": round(res.excess, 3)})
+            row = {"fit": "spectre", "expected_poisons": expected, "flagged": len(flagged), "k": res.k,
+                   "excess": round(res.excess, 3)}
+        check = orientation(judge_pred, labels, flagged, target)
+        info.update({**row, "orientation": check})
+        if check["inverted"]:
+            confirmed = members[np.isin(members, clean) & (judge_pred[members] == target)]
+            log.warning("the %s target-class filter is inverted: the judge reads %.0f%% of its flags as class %d and "
+                        "%.0f%% of the rest; refitting on the %d class rows of the clean pool it confirms",
+                        row["fit"], 100 * check["judge_agrees_flagged"], target, 100 * check["judge_agrees_rest"],
+                        len(confirmed))
+            info = {**{k: v for k, v in info.items() if k in ("class", "anchored_fit_skipped")},
+                    "inverted": {**row, "orientation": check}}
+            if len(confirmed) >= MIN_ANCHORS:
+                scores, flagged, row = anchored_filter(infected_features, members, confirmed, cap)
+                check = orientation(judge_pred, labels, flagged, target)
+                info.update({**row, "anchors_from": "judge", "orientation": check})
+            if len(confirmed) < MIN_ANCHORS or check["inverted"]:
+                why = (f"{len(confirmed)} judge-confirmed anchors, fewer than {MIN_ANCHORS}"
+                       if len(confirmed) < MIN_ANCHORS else "the refit on judge-confirmed anchors is inverted too")
+                scores, flagged = np.full(len(members), np.nan), np.zeros(0, np.int64)
+                info.update({"fit": "none", "flagged": 0, "dropped": why})
+            else:
+                anchors, anchors_from = confirmed, "judge"
+        spectre[members] = scores
         clean = np.setdiff1d(clean, flagged, assume_unique=False)
         poison = np.union1d(poison, flagged)
-    return Pools(np.sort(clean), np.sort(poison), consistency, spectre), info, flagged
+    return Split(Pools(np.sort(clean), np.sort(poison), consistency, spectre), info, flagged, anchors, anchors_from)
 
 
 def first_pool(infected: nn.Module, data, cfg: PurifyConfig) -> np.ndarray:
@@ -232,7 +320,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
                                       quality=lambda rows: session.pool_quality(np.zeros(0, int), rows))
         pools = gate_pools(Pools(first_pool(infected, data, cfg), np.zeros(0, np.int64), np.full(n, np.nan),
                                  np.full(n, np.nan)), gated)
-        anchors = target_anchors(pools.clean, data.y, target, cfg)
+        anchors, anchors_from = target_anchors(pools.clean, data.y, target, cfg), "first_pool"
         if len(gated):
             opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
             gen = torch.Generator().manual_seed(cfg.seed * 7919 - 1)
@@ -249,6 +337,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
                       blob["spectre"].numpy())
         gated = blob["gated"].numpy() if "gated" in blob else np.zeros(0, np.int64)
         anchors = blob["anchors"].numpy() if blob.get("anchors") is not None else None
+        anchors_from = blob.get("anchors_from", "first_pool")
         first = int(blob["step"]) + 1
     steps = len(cfg.epochs)
 
@@ -256,7 +345,8 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         session.save(k, {"student": student, "teacher": teacher.model if teacher is not None else None,
                          "teacher_updates": torch.tensor(teacher.updates if teacher is not None else 0),
                          "clean": pools.clean, "poison": pools.poison, "scores": pools.scores,
-                         "spectre": pools.spectre, "gated": gated, "anchors": anchors})
+                         "spectre": pools.spectre, "gated": gated, "anchors": anchors,
+                         "anchors_from": anchors_from})
 
     for k in range(first, steps):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + k)
@@ -284,9 +374,10 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
             judge = teacher.model if teacher is not None else student
             judge_logits, _ = forward_all(as_pair(judge), data, desc=f"step {k + 1}: consistency")
             cons = consistency_scores(infected_logits, judge_logits)
-            pools, spectre_info, flagged = split_pools(cons, data.y, infected_pred, judge_logits.argmax(1),
-                                                       infected_feats, target, cfg.rates[k], cfg.poison_share,
-                                                       cfg.spectre, anchors)
+            split = split_pools(cons, data.y, infected_pred, judge_logits.argmax(1), infected_feats, target,
+                                cfg.rates[k], cfg.poison_share, cfg.spectre, anchors, anchors_from)
+            pools, spectre_info, flagged = split.pools, split.info, split.flagged
+            anchors, anchors_from = split.anchors, split.anchors_from
             pools = gate_pools(pools, gated)
             row.update({"clean_pool": len(pools.clean), "poison_pool": len(pools.poison),
                         "disagree": int(np.sum(infected_pred != judge_logits.argmax(1)))})

@@ -18,6 +18,20 @@ def _fmt(row: dict | None) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
 
 
+def _filter_line(fit: dict) -> str:
+    if fit["fit"] == "none":
+        return f"target class filter: flagged nothing in class {fit['class']} at the last step ({fit['dropped']})"
+    if fit["fit"] == "anchored":
+        source = ("rows of the clean pool the judge reads as the class" if fit.get("anchors_from") == "judge"
+                  else "rows in the first clean pool")
+        how = f"a fit on its {fit['anchors']} {source} (beyond χ²_{fit['k']} {fit['cut']})"
+    else:
+        how = f"SPECTRE (k {fit['k']}, {fit['expected_poisons']} expected poisons)"
+    truth = f", {fit['flagged_quality']['precision']:.1%} poisons by ground truth" if "flagged_quality" in fit else ""
+    return (f"target class filter: {how} flagged {fit['flagged']} samples of class {fit['class']} at the last "
+            f"step{truth}")
+
+
 def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, cfg: PurifyConfig,
            onnx: bool = True) -> list[str]:
     """Save the outputs of a finished (or stopped) run; returns the lines the CLI prints."""
@@ -34,12 +48,15 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
                      f"clean pool and unlearned")
     fit = next((r["spectre"] for r in reversed(result.history) if r.get("spectre")), None)
     if fit:
-        how = (f"a fit on its {fit['anchors']} rows in the first clean pool (beyond χ²_{fit['k']} {fit['cut']})"
-               if fit["fit"] == "anchored" else f"SPECTRE (k {fit['k']}, {fit['expected_poisons']} expected poisons)")
-        truth = (f", {fit['flagged_quality']['precision']:.1%} poisons by ground truth"
-                 if "flagged_quality" in fit else "")
-        lines.append(f"target class filter: {how} flagged {fit['flagged']} samples of class {fit['class']} at the "
-                     f"last step{truth}")
+        lines.append(_filter_line(fit))
+    flip = next((r for r in result.history if r.get("spectre", {}).get("inverted")), None)
+    if flip:
+        was = flip["spectre"]["inverted"]
+        lines.append(f"target class filter inverted at step {flip['step']}: the judge read "
+                     f"{was['orientation']['judge_agrees_flagged']:.0%} of its {was['flagged']} flags as class "
+                     f"{fit['class']} and {was['orientation']['judge_agrees_rest']:.0%} of the rest; "
+                     + ("it was refitted on rows the judge confirms" if flip["spectre"]["fit"] == "anchored"
+                        else f"nothing was flagged ({flip['spectre'].get('dropped')})"))
     if not result.finished:
         lines.append(f"stopped after step {result.history[-1].get('step')}; run the same command again to resume "
                      f"from {out / 'checkpoints'}")
