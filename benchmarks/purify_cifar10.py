@@ -91,6 +91,8 @@ def main() -> None:
                 "target_gate": gate and {k: gate[k] for k in ("rows", "estimated_precision", "poison_pool", "skipped")
                                               if k in gate},
                 "target_filter": target_filter,
+                "filter_inverted": [{"step": r["step"], **r["spectre"]["inverted"]} for r in res.history
+                                    if r.get("spectre", {}).get("inverted")],
                 "before_finish": res.history[-2].get("eval") if finish else None,
                 "purify_minutes": round(minutes, 1), "machine": info, "commit": git_commit(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
