@@ -122,7 +122,7 @@ def orientation(judge_pred: np.ndarray, labels: np.ndarray, flagged: np.ndarray,
     often as elsewhere, and the check then says nothing.
 
     Measured after step 1 on full CIFAR-10 (resnet9w16), flags / rest: the
-    anchored fit 0.07 / 0.86 (BadNets) and 0.16 / 0.91 (Blend), where it
+    anchored fit 0.07 / 0.85 (BadNets) and 0.16 / 0.91 (Blend), where it
     flagged poisons; 0.85 / 0.37 on WaNet, where the first pool's anchors were
     97% poisons and it flagged clean airplanes; SPECTRE 0.65 / 0.08 on Blend.
     On the tests' BadNets resnet8 with 100 poisons for anchors and a clean
