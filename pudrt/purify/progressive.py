@@ -114,12 +114,11 @@ def orientation(judge_pred: np.ndarray, labels: np.ndarray, flagged: np.ndarray,
     filter that flags clean rows leaves the poisons in the rest of the class:
     the judge then agrees with the label on the rest far less often than
     elsewhere (by ORIENTATION_MARGIN), and on the flags more often than on the
-    rest. Both must hold.
-    The first alone also fires when an oriented filter misses poisons; the
-    second alone fires when the judge still carries the backdoor, for it then
-    reads poisons as the target more reliably than clean rows (the tests'
-    resnet8: 99% vs 72%). A judge with the backdoor agrees on the rest as
-    often as elsewhere, and the check then says nothing.
+    rest. Both must hold. The first alone also fires when an oriented filter
+    misses poisons; the second alone fires when the judge still carries the
+    backdoor, for it then reads poisons as the target more reliably than clean
+    rows (the tests' resnet8: 99% vs 72%). A judge with the backdoor agrees on
+    the rest as often as elsewhere, and the check then says nothing.
 
     Measured after step 1 on full CIFAR-10 (resnet9w16), flags / rest: the
     anchored fit 0.07 / 0.85 (BadNets) and 0.16 / 0.91 (Blend), where it
@@ -139,11 +138,10 @@ def orientation(judge_pred: np.ndarray, labels: np.ndarray, flagged: np.ndarray,
             "inverted": bool(inverted)}
 
 
-def anchored_filter(features: np.ndarray, members: np.ndarray, anchors: np.ndarray, cap: int
+def anchored_filter(features: np.ndarray, members: np.ndarray, inside: np.ndarray, cap: int
                     ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The anchored fit on the class `members` (row indices) with `anchors` (rows among them): its scores, the
-    rows it flags (at most `cap`) and what it saw."""
-    inside = np.flatnonzero(np.isin(members, anchors))
+    """The anchored fit on the class `members` (row indices) with the anchors at positions `inside` (into
+    `members`): its scores, the rows it flags (at most `cap`) and what it saw."""
     fit = anchored_scores(features[members], inside)
     hits = fit.flagged if len(fit.flagged) <= cap else flag_top(fit.scores, cap)
     return fit.scores, members[hits], {"fit": "anchored", "anchors": len(inside), "k": fit.k,
@@ -185,11 +183,11 @@ def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.n
         members = np.flatnonzero(labels == target)
         cap = max(1, int(MAX_FLAGGED_SHARE * len(members)))
         info = {"class": target}
-        inside = int(np.isin(members, anchors).sum()) if anchors is not None else 0
-        if anchors is not None and inside < MIN_ANCHORS:
-            info["anchored_fit_skipped"] = f"{inside} anchors, fewer than {MIN_ANCHORS}"
-        if anchors is not None and inside >= MIN_ANCHORS:
-            scores, flagged, row = anchored_filter(infected_features, members, anchors, cap)
+        inside = np.flatnonzero(np.isin(members, anchors)) if anchors is not None else np.zeros(0, np.int64)
+        if anchors is not None and len(inside) < MIN_ANCHORS:
+            info["anchored_fit_skipped"] = f"{len(inside)} anchors, fewer than {MIN_ANCHORS}"
+        if anchors is not None and len(inside) >= MIN_ANCHORS:
+            scores, flagged, row = anchored_filter(infected_features, members, inside, cap)
             row["anchors_from"] = anchors_from
         else:
             # Expected poisons in the target class: the samples the two models disagree on there.
@@ -205,7 +203,7 @@ def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.n
         check = orientation(judge_pred, labels, flagged, target)
         info.update({**row, "orientation": check})
         if check["inverted"]:
-            confirmed = members[np.isin(members, clean) & (judge_pred[members] == target)]
+            confirmed = np.flatnonzero(np.isin(members, clean) & (judge_pred[members] == target))
             log.warning("the %s target-class filter is inverted: the judge reads %.0f%% of its flags as class %d and "
                         "%.0f%% of the rest; refitting on the %d class rows of the clean pool it confirms",
                         row["fit"], 100 * check["judge_agrees_flagged"], target, 100 * check["judge_agrees_rest"],
@@ -222,7 +220,7 @@ def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.n
                 scores, flagged = np.full(len(members), np.nan), np.zeros(0, np.int64)
                 info.update({"fit": "none", "flagged": 0, "dropped": why})
             else:
-                anchors, anchors_from = confirmed, "judge"
+                anchors, anchors_from = members[confirmed], "judge"
         spectre[members] = scores
         clean = np.setdiff1d(clean, flagged, assume_unique=False)
         poison = np.union1d(poison, flagged)
