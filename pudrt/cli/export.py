@@ -45,6 +45,9 @@ def export(
     min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement an INT8 or FP16 export must "
                                                       "reach.")] = 0.99,
     calib_samples: Annotated[int, typer.Option(help="Calibration images for --int8.")] = 512,
+    keep_convs: Annotated[bool, typer.Option("--keep-convs", help="Keep convolutions on tiny feature maps as "
+                                                                  "they are instead of rewriting them as exact "
+                                                                  "dense products (faster on CPUs).")] = False,
     arch: ModelOpts.arch = None,
     num_classes: ModelOpts.num_classes = None,
     mean: ModelOpts.mean = None,
@@ -72,14 +75,14 @@ def export(
         if grad is not None:
             from pudrt.engine.grad import export_grad_graph, verify_grad_graph
 
-            export_grad_graph(net, tmp, images[:4], grad, steps=steps)
+            export_grad_graph(net, tmp, images[:4], grad, steps=steps, dense=not keep_convs)
             result = verify_grad_graph(tmp, net, images, labels, grad, steps=steps)
             typer.echo(result.describe())
         elif int8:
             from pudrt.engine.quantize import quantize_int8
 
             fp32 = Path(t) / "fp32.onnx"
-            export_onnx(net, fp32, images[:4])
+            export_onnx(net, fp32, images[:4], dense=not keep_convs)
             calib, _ = _images(check_data, calib_samples, offset=1)
             quantize_int8(fp32, tmp, calib.numpy())
             with OrtRunner(fp32, device="cpu") as ref_runner, OrtRunner(tmp, device="cpu") as q_runner:
@@ -87,7 +90,7 @@ def export(
             result = compare(ref, got, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
             typer.echo(f"INT8 vs FP32 {result.describe()} (need top-1 ≥ {100 * min_agreement:.0f}%)")
         else:
-            export_onnx(net, tmp, images[:4])
+            export_onnx(net, tmp, images[:4], dense=not keep_convs)
             result = verify_onnx(tmp, net, images, atol=atol, rtol=rtol)
             typer.echo(result.describe())
         if not result.passed:

@@ -6,7 +6,9 @@ usable decomposition, `aten.convolution_backward`, gets ours: the input gradient
 of a convolution is a transposed convolution of the output gradient with the same
 weights, which for stride 1 is a plain convolution with the flipped kernel (only
 the input gradient; weights are constants of these graphs). The
-traced graph is then exported with the dynamo exporter like any module.
+traced graph is then exported with the dynamo exporter like any module, and its
+convolutions on tiny maps, forward and backward, become dense products
+(`pudrt.engine.dense`).
 
 Graphs (all with a dynamic batch; images float32 NCHW in [0, 1]):
 
@@ -35,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pudrt.engine.dense import densify
 from pudrt.errors import PudrtError
 from pudrt.io.atomic import atomic_path
 from pudrt.models import as_pair
@@ -148,8 +151,11 @@ def trace(fn, example_args: tuple) -> torch.fx.GraphModule:
 
 
 def export_grad_graph(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, kind: str = "ce",
-                      steps: int = 7, opset: int = 18) -> Path:
-    """Export the `kind` gradient graph of `model` ("ce", "kl" or "pgd" with `steps` unrolled steps)."""
+                      steps: int = 7, opset: int = 18, dense: bool = True) -> Path:
+    """Export the `kind` gradient graph of `model` ("ce", "kl" or "pgd" with `steps` unrolled steps).
+
+    `dense=False` keeps every convolution as exported instead of rewriting those on tiny maps.
+    """
     if kind not in GRAPHS:
         raise PudrtError(f"unknown gradient graph {kind!r}; choose one of {', '.join(GRAPHS)}")
     pair = _frozen(model)
@@ -181,6 +187,8 @@ def export_grad_graph(model: nn.Module, path: str | os.PathLike, example: torch.
             raise PudrtError(f"exporting the {kind} gradient graph failed ({type(err).__name__}: "
                              f"{str(err).splitlines()[0][:300]})") from err
         program.save(str(tmp))
+        if dense:
+            densify(tmp)
     return path
 
 
