@@ -79,6 +79,15 @@ def _convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, di
     return grad_in, None, None
 
 
+def _threshold_backward(grad_out, inp, threshold):
+    """ReLU's backward as a product with the mask instead of torch's `where(x <= t, 0, g)`.
+
+    Equal for finite gradients; ONNX Runtime's CPU Where ran at a third of the speed of
+    Greater + Cast + Mul (8.9 vs 3.2 ms on a 256×64×16×16 map), and a resnet has one per ReLU.
+    """
+    return grad_out * (inp > threshold).to(grad_out.dtype)
+
+
 def decompositions() -> dict:
     from torch._decomp import core_aten_decompositions, get_decompositions
 
@@ -87,6 +96,7 @@ def decompositions() -> dict:
     table.update(get_decompositions([aten.max_pool2d_with_indices_backward, aten.avg_pool2d_backward,
                                      aten._adaptive_avg_pool2d_backward]))
     table[aten.convolution_backward.default] = _convolution_backward
+    table[aten.threshold_backward.default] = _threshold_backward
     return table
 
 
