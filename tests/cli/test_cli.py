@@ -152,6 +152,24 @@ def test_export_checks_itself_and_prints_the_agreement(tmp_path, model_file):
         assert runner.outputs == ("logits", "features")
 
 
+def test_export_rewrites_tiny_convolutions_unless_told_to_keep_them(tmp_path):
+    import onnx
+
+    from pudrt.io.models import save_model
+    from pudrt.models import CIFAR10_MEAN, CIFAR10_STD, Normalized, create_model
+
+    torch.manual_seed(0)
+    model = tmp_path / "r18.pt"
+    save_model(Normalized(create_model("resnet18", 10), CIFAR10_MEAN, CIFAR10_STD).eval(), model, "resnet18", 10)
+    convs = {}
+    for flags in ((), ("--keep-convs",)):
+        out_file = tmp_path / f"m{len(flags)}.onnx"
+        code, out = invoke("export", model, "-o", out_file, "--check-samples", "16", *flags)
+        assert code == 0 and "ok:" in out, out
+        convs[flags] = sum(n.op_type == "Conv" for n in onnx.load(str(out_file)).graph.node)
+    assert convs[("--keep-convs",)] == 20 and convs[()] == 13
+
+
 def test_export_grad_graph_from_the_cli(tmp_path, model_file):
     code, out = invoke("export", model_file, "-o", tmp_path / "g.onnx", "--grad", "ce", "--check-samples", "32")
     assert code == 0, out
