@@ -141,12 +141,16 @@ def _plan(node, shapes, inits, ratio, max_elements):
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     if attrs.get("group", 1) != 1 or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET":
         return None
+    if "output_shape" in attrs:  # a ConvTranspose whose padding the engine derives; leave it to the engine
+        return None
     x_shape, y_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
     if not x_shape or not y_shape or len(x_shape) != 4 or len(y_shape) != 4:
         return None
     if not all(x_shape[1:]) or not all(y_shape[1:]):
         return None
-    w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    w = numpy_helper.to_array(inits[node.input[1]])
+    if w.dtype != np.float32 or w.ndim != 4:  # the rewrite is written for float32 2-D convolutions
+        return None
     transposed = node.op_type == "ConvTranspose"
     # weights in (input channel, output channel, kh, kw) order for both ops
     w_io = w if transposed else w.transpose(1, 0, 2, 3)

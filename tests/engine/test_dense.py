@@ -68,14 +68,18 @@ def test_tiny_convolutions_become_exact_dense_products(tmp_path, case, with_bias
     assert _run(path, x[:1]).shape[0] == 1  # the batch stays dynamic
 
 
-@pytest.mark.parametrize("why, size, groups", [("large map", 8, 1), ("grouped", 2, 2)])
-def test_convolutions_that_would_not_gain_are_left_alone(tmp_path, why, size, groups):
-    w = np.ones((4, 4 // groups, 3, 3), np.float32)
+@pytest.mark.parametrize("why, op, size, extra", [
+    ("large map", "Conv", 8, {}),
+    ("grouped", "Conv", 2, {"group": 2}),
+    ("padding left to the engine", "ConvTranspose", 1, {"output_shape": [2, 2]}),
+])
+def test_convolutions_that_would_not_gain_are_left_alone(tmp_path, why, op, size, extra):
+    w = np.ones((4, 4 // extra.get("group", 1), 3, 3), np.float32)
     path = tmp_path / "one.onnx"
-    _single_conv(path, "Conv", (4, size, size), w, None, 1, 1, 1)
-    if groups > 1:
+    _single_conv(path, op, (4, size, size), w, None, 2 if op == "ConvTranspose" else 1, 1, 1)
+    if extra:
         model = onnx.load(str(path))
-        model.graph.node[0].attribute.append(helper.make_attribute("group", groups))
+        model.graph.node[0].attribute.extend(helper.make_attribute(k, v) for k, v in extra.items())
         onnx.save(model, str(path))
     before = path.read_bytes()
     assert densify(path) == 0, why
