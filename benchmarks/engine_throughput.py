@@ -54,7 +54,7 @@ def main() -> None:
     rest = list(batches)
     held_out, held_out_y = torch.cat([b.float() for b in rest]), torch.cat([b.y for b in rest])
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(arch, Path(tmp), x, y, calib, (held_out, held_out_y), threads, args) for arch in args.archs]
+        rows = [measure(arch, Path(tmp), x, y, calib, held_out, held_out_y, threads, args) for arch in args.archs]
     info = machine(threads)
     out = HERE / "results" / "engine_throughput.json"
     out.parent.mkdir(exist_ok=True)
@@ -62,7 +62,7 @@ def main() -> None:
     write_results_md(info, rows)
 
 
-def measure(arch, tmp, x, y, calib, held_out, threads, args) -> dict:
+def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict:
     """Time every competitor on one architecture, interleaved round by round."""
     from pudrt.engine import OrtRunner, export_onnx
     from pudrt.engine.grad import export_grad_graph
@@ -112,7 +112,6 @@ def measure(arch, tmp, x, y, calib, held_out, threads, args) -> dict:
     def ratio(a, b):
         return statistics.median(tb / ta for ta, tb in zip(times[a], times[b], strict=True))
 
-    held_out, held_out_y = held_out
     with torch.no_grad():
         ref_pred = pair(held_out)[0].argmax(1).numpy()
     int8_pred = np.concatenate([ort8(held_out[i : i + 256].numpy())["logits"].argmax(1)
