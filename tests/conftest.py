@@ -71,6 +71,14 @@ def blend_data(tmp_path_factory, train_data):
 
 
 @pytest.fixture(scope="session")
+def sig_data(tmp_path_factory, train_data):
+    """SIG (clean-label): the sinusoid on every one of the 1,000 embedded airplanes, labels kept."""
+    from pudrt.attacks import SIG
+
+    return _poisoned(tmp_path_factory, train_data, SIG())
+
+
+@pytest.fixture(scope="session")
 def badnets_model(badnets_data):
     """resnet8 trained briefly on `badnets_data`: C-Acc about 55%, ASR about 95% on the embedded test split."""
     return _train(badnets_data)
@@ -79,6 +87,11 @@ def badnets_model(badnets_data):
 @pytest.fixture(scope="session")
 def blend_model(blend_data):
     return _train(blend_data)
+
+
+@pytest.fixture(scope="session")
+def sig_model(sig_data):
+    return _train(sig_data)
 
 
 @pytest.fixture(scope="session")

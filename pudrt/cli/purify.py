@@ -40,6 +40,10 @@ def purify(
     target_gate: Annotated[bool, typer.Option(help="PUD: keep the found target class's patch-robust samples out "
                                                    "of the clean pools and unlearn them (pudrt's addition; "
                                                    "--no-target-gate runs the authors' PUD).")] = True,
+    shared_pattern: Annotated[bool, typer.Option(help="PUD: if the found target class's images share an additive "
+                                                      "pattern that the model reads as a trigger, train on other "
+                                                      "classes' images carrying it under their own labels (pudrt's "
+                                                      "addition, for clean-label attacks such as SIG).")] = True,
     target_fit: Annotated[str, typer.Option(help="PUD: how the found target class is filtered: anchored (a fit on "
                                                  "its rows in the KL-screened first pool, the default) or spectre "
                                                  "(the authors' SPECTRE).")] = "anchored",
@@ -72,7 +76,8 @@ def purify(
                                   clean_weight=clean_weight, initial_pool=initial_pool, target_fit=target_fit,
                                   threads=threads, **({"lr": lr} if lr is not None else {}),
                                   **({"finish_epochs": finish_epochs} if finish_epochs is not None else {}),
-                                  **({} if target_gate else {"target_gate": False}))
+                                  **({} if target_gate else {"target_gate": False}),
+                                  **({} if shared_pattern else {"shared_pattern": False}))
     loaded = load_model_from_opts(model, arch, num_classes, mean, std, unsafe_pickle)
     if loaded.info.format not in ("state_dict", "pickle"):
         raise PudrtError(f"{model}: purify fine-tunes the weights, so it needs a state dict or safetensors file "

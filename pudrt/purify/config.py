@@ -77,6 +77,14 @@ class PurifyConfig:
     at 83.4; on the tests' briefly trained resnet8 (no augmentation) the gate lowered ASR little and 3 passes cost
     8 points of C-Acc, 1 pass 3."""
     gate_weight: float = 1.0
+    shared_pattern: bool = True
+    """PUD, once the target class is found: estimate the additive pattern its samples share (the high-passed
+    difference of class means), and if the infected model reads it as a trigger, train on copies of non-target
+    rows carrying it under their own labels in every epoch (pattern.py). Not in the authors' method; it is what a
+    clean-label attack (SIG: the signal is on every target-class image, so no clean part of the class exists)
+    needs."""
+    pattern_share: float = 0.5
+    """Pattern copies per batch, as a share of the batch size (drawn from its non-target rows)."""
     finish_epochs: int = 1
     """Clean epochs on the final clean pool after the last step's unlearning, the learning rate annealed from
     `lr` to 0 (cosine, per batch), the gated set unlearned alongside (loops.finetune_epoch's `negatives`, one
@@ -126,19 +134,21 @@ class PurifyConfig:
             raise PudrtError(f"--finish-epochs must be >= 0, got {self.finish_epochs}")
         if self.gate_passes < 0 or self.gate_weight < 0:
             raise PudrtError(f"gate passes and weight must be >= 0, got {self.gate_passes}, {self.gate_weight}")
+        if not 0 < self.pattern_share <= 1:
+            raise PudrtError(f"pattern_share must be in (0, 1], got {self.pattern_share}")
         if self.batch_size < 2:
             raise PudrtError(f"--batch-size must be at least 2, got {self.batch_size}")
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> PurifyConfig:
-        """PUD: 5 steps, teacher, SPECTRE, unlearning, target gate, finish. PBE: 4 steps, lr 0.001, none of those.
-        AdvrBD: its own four stages (the progressive fields are unused)."""
+        """PUD: 5 steps, teacher, SPECTRE, unlearning, target gate, shared pattern, finish. PBE: 4 steps,
+        lr 0.001, none of those. AdvrBD: its own four stages (the progressive fields are unused)."""
         presets = {
             "pud": {},
             "pbe": dict(epochs=(10, 10, 10, 10), rates=(0.2, 0.5, 0.7), lr=0.001, teacher=False, spectre=False,
-                        unlearn=False, target_gate=False, finish_epochs=0),
+                        unlearn=False, target_gate=False, shared_pattern=False, finish_epochs=0),
             "advrbd": dict(epochs=(), rates=(), teacher=False, spectre=False, unlearn=False, target_gate=False,
-                           finish_epochs=0),
+                           shared_pattern=False, finish_epochs=0),
         }
         if method not in presets:
             raise PudrtError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")

@@ -7,6 +7,7 @@ every pool is just an index array.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from pudrt.attacks.pgd import PGD
 from pudrt.progress import progress
 from pudrt.purify.teacher import MeanTeacher
 from pudrt.train import Materialized, augment_batch
+
+Copies = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+"""(augmented batch, labels, generator) -> extra training rows and their labels."""
 
 
 def pixels(data: Materialized, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +57,8 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
                    teacher: MeanTeacher | None = None, consistency_weight: float = 0.0,
                    augment: bool = True, labels: np.ndarray | None = None, clean_weight: float = 0.0,
                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                   negatives: np.ndarray | None = None, negative_weight: float = 1.0, desc: str = "epoch") -> dict:
+                   negatives: np.ndarray | None = None, negative_weight: float = 1.0,
+                   copies: Copies | None = None, desc: str = "epoch") -> dict:
     """One epoch of (adversarial) fine-tuning on samples `idx`.
 
     With `pgd`, each batch is replaced by its untargeted PGD examples labelled
@@ -66,6 +71,10 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
     carries a proportional slice of them (one pass per epoch) in the same
     forward, and the loss averages CE over the batch and
     `negative_weight`·`negative_loss` over the slice, per sample.
+    `copies(x, y, gen) -> (x', y')` adds training rows made from the
+    (augmented, not attacked) batch, e.g. non-target rows carrying the target
+    class's shared pattern under their own labels (pattern.py); they join the
+    same forward and count in the CE like any sample.
     """
     student.train()
     batches = shuffled_batches(idx, batch_size, gen)
@@ -73,7 +82,7 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
     if negatives is not None and len(negatives) and len(batches):
         neg_batches = shuffled_batches(negatives, -(-len(negatives) // len(batches)), gen)
     loss_sum = cons_sum = neg_sum = 0.0
-    correct = seen = adv_seen = 0
+    correct = seen = adv_seen = copied = 0
     for i, b in enumerate(progress(batches, desc)):
         x, y = pixels(data, b)
         if labels is not None:
@@ -84,17 +93,20 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
         if pgd is not None:
             x = pgd(x, y)  # PGD switches to eval mode and back
             adv_seen += len(y)
+        xc, yc = copies(x_clean, y, gen) if copies is not None else (x[:0], y[:0])
+        parts = [x, xc]
         if neg_batches:
             xn, yn = pixels(data, neg_batches[i % len(neg_batches)])
-            both = student(torch.cat([x, augment_batch(xn, gen) if augment else xn]))
-            logits = both[: len(y)]
-            neg = negative_loss(both[len(y) :], yn)
-            neg_sum += float(neg.detach()) * len(y)
-        else:
-            logits = student(x)
-        loss = F.cross_entropy(logits, y)
+            parts.append(augment_batch(xn, gen) if augment else xn)
+        out = student(torch.cat(parts)) if len(parts[1]) or neg_batches else student(x)
+        logits = out[: len(y)]
+        ce_rows = len(y) + len(yc)
+        loss = F.cross_entropy(out[:ce_rows], torch.cat([y, yc]))
+        copied += len(yc)
         if neg_batches:  # per sample, a negative counts as much as a clean sample (times the weight)
-            loss = (len(y) * loss + negative_weight * len(yn) * neg) / (len(y) + len(yn))
+            neg = negative_loss(out[ce_rows:], yn)
+            neg_sum += float(neg.detach()) * len(y)
+            loss = (ce_rows * loss + negative_weight * len(yn) * neg) / (ce_rows + len(yn))
         if pgd is not None and clean_weight > 0:
             loss = (1 - clean_weight) * loss + clean_weight * F.cross_entropy(student(x_clean), y)
         if teacher is not None:
@@ -119,6 +131,8 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
         row["consistency"] = cons_sum / max(seen, 1)
     if neg_batches:
         row["negative_loss"] = neg_sum / max(seen, 1)
+    if copies is not None:
+        row["pattern_copies"] = copied
     return row
 
 
