@@ -39,7 +39,8 @@ def purify(
                                                    "default) or random (the PUD/PBE authors').")] = "kl",
     target_gate: Annotated[bool, typer.Option(help="PUD: keep the found target class's patch-robust samples out "
                                                    "of the clean pools and unlearn them (pudrt's addition; "
-                                                   "--no-target-gate runs the authors' PUD).")] = True,
+                                                   "--no-target-gate --no-shared-pattern --finish-epochs 0 runs "
+                                                   "the authors' PUD).")] = True,
     shared_pattern: Annotated[bool, typer.Option(help="PUD: if the found target class's images share an additive "
                                                       "pattern that the model reads as a trigger, train on other "
                                                       "classes' images carrying it under their own labels (pudrt's "
