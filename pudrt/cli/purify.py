@@ -45,6 +45,9 @@ def purify(
                                                       "pattern that the model reads as a trigger, train on other "
                                                       "classes' images carrying it under their own labels (pudrt's "
                                                       "addition, for clean-label attacks such as SIG).")] = True,
+    pattern_restore: Annotated[bool, typer.Option(help="PUD: when nearly every image of the found target class "
+                                                       "carries that pattern (a clean-label attack), train on them "
+                                                       "with the pattern taken out.")] = True,
     target_fit: Annotated[str, typer.Option(help="PUD: how the found target class is filtered: anchored (a fit on "
                                                  "its rows in the KL-screened first pool, the default) or spectre "
                                                  "(the authors' SPECTRE).")] = "anchored",
@@ -78,7 +81,8 @@ def purify(
                                   threads=threads, **({"lr": lr} if lr is not None else {}),
                                   **({"finish_epochs": finish_epochs} if finish_epochs is not None else {}),
                                   **({} if target_gate else {"target_gate": False}),
-                                  **({} if shared_pattern else {"shared_pattern": False}))
+                                  **({} if shared_pattern else {"shared_pattern": False}),
+                                  **({} if pattern_restore else {"pattern_restore": False}))
     loaded = load_model_from_opts(model, arch, num_classes, mean, std, unsafe_pickle)
     if loaded.info.format not in ("state_dict", "pickle"):
         raise PudrtError(f"{model}: purify fine-tunes the weights, so it needs a state dict or safetensors file "

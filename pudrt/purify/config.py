@@ -85,6 +85,10 @@ class PurifyConfig:
     needs."""
     pattern_share: float = 0.5
     """Pattern copies per batch, as a share of the batch size (drawn from its non-target rows)."""
+    pattern_restore: bool = True
+    """With `shared_pattern`, when at least 90% of the class's rows carry the confirmed pattern (a clean-label
+    attack: the class holds no clean row), train on those rows with the pattern taken out instead of leaving the
+    class unlearnt; they join every clean pool and the target gate is not used (pattern.py)."""
     finish_epochs: int = 1
     """Clean epochs on the final clean pool after the last step's unlearning, the learning rate annealed from
     `lr` to 0 (cosine, per batch), the gated set unlearned alongside (loops.finetune_epoch's `negatives`, one

@@ -47,7 +47,11 @@ every epoch trains on copies of non-target rows carrying it under their own
 labels. A clean-label attack (SIG) needs this: its signal is on every image of
 the target class, so the pools hold no clean part of the class, and clean
 fine-tuning re-teaches the signal (on full CIFAR-10 the finish took ASR from 46%
-back to 92.8% without it).
+back to 92.8% without it). When nearly every row of the class carries the pattern (a clean-label attack:
+the class holds no clean row, so copies alone leave it unlearnt), PUD trains
+on those rows with the pattern taken out (`restore_pools`, pattern.RestoredRows):
+they join every clean pool, and the gate and the target-class filter, which
+would only remove them again, are not used.
 
 After the last step PUD runs a short clean finish (`finish_epochs`, pudrt's
 addition): the authors' last step ends on data purification and unlearning,
@@ -73,7 +77,7 @@ from pudrt.models import as_pair
 from pudrt.purify.config import PurifyConfig
 from pudrt.purify.discovery import TargetEvidence
 from pudrt.purify.loops import finetune_epoch, forward_all, make_optimizer, negative_epoch, unlearn_epoch
-from pudrt.purify.pattern import shared_pattern
+from pudrt.purify.pattern import RestoredRows, shared_pattern
 from pudrt.purify.screening import gate_class, screened_pool
 from pudrt.purify.session import Session
 from pudrt.purify.teacher import MeanTeacher
@@ -304,6 +308,15 @@ def gate_pools(pools: Pools, gated: np.ndarray) -> Pools:
     return pools
 
 
+def restore_pools(pools: Pools, restored: np.ndarray) -> Pools:
+    """Restored rows (the target class of a clean-label attack, its shared pattern taken out) join the clean pool
+    and leave the poison pool."""
+    if len(restored):
+        pools.clean = np.union1d(pools.clean, restored)
+        pools.poison = np.setdiff1d(pools.poison, restored)
+    return pools
+
+
 def progressive_purify(student: nn.Module, infected: nn.Module, session: Session, evidence: TargetEvidence,
                        stop_after: int | None = None) -> tuple[nn.Module, Pools]:
     """Run PUD or PBE (per `session.cfg`) from the infected model; returns the student and the final pools.
@@ -318,26 +331,37 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
     infected_pair = as_pair(infected)
     infected_logits, infected_feats = forward_all(infected_pair, data, desc="infected model")
     infected_pred = infected_logits.argmax(1)
-    pattern = (shared_pattern(infected, data, target, infected_logits.shape[1], seed=cfg.seed)
-               if cfg.shared_pattern and target is not None else None)
-    copies = ((lambda x, y, g: pattern.copies(x, y, cfg.pattern_share, g))
-              if pattern is not None and pattern.scale is not None else None)
     anchor = [p.detach().clone() for p in student.parameters()]
     teacher = MeanTeacher(student, cfg.ema_decay) if cfg.teacher else None
-    first = 0
-    gate_row: dict = {}
+    steps = len(cfg.epochs)
     blob = session.latest()
+    first = 0 if blob is None else int(blob["step"]) + 1
+    # the pattern is re-estimated on resume (about 10 s on full CIFAR-10), but not for a run that has ended
+    pattern = (shared_pattern(infected, data, target, infected_logits.shape[1], seed=cfg.seed)
+               if cfg.shared_pattern and target is not None and first <= steps else None)
+    copies = ((lambda x, y, g: pattern.copies(x, y, cfg.pattern_share, g))
+              if pattern is not None and pattern.scale is not None else None)
+    restoring = pattern is not None and pattern.scale is not None and pattern.restores and cfg.pattern_restore
+    restored = np.flatnonzero(data.y == target) if restoring else np.zeros(0, np.int64)
+    rows = RestoredRows(data, pattern) if restoring else data  # what the training loops read
+    gate_row: dict = {}
     if blob is None:
-        gated, gate_row = target_gate(infected, data, evidence, cfg,
-                                      quality=lambda rows: session.pool_quality(np.zeros(0, int), rows))
+        if restoring:
+            gated = np.zeros(0, np.int64)
+            gate_row = {"class": target, "skipped": "every row of the class carries its shared pattern: the rows are "
+                                                    "restored and trained on instead"}
+        else:
+            gated, gate_row = target_gate(infected, data, evidence, cfg,
+                                          quality=lambda r: session.pool_quality(np.zeros(0, int), r))
         pools = gate_pools(Pools(first_pool(infected, data, cfg), np.zeros(0, np.int64), np.full(n, np.nan),
                                  np.full(n, np.nan)), gated)
         anchors, anchors_from = target_anchors(pools.clean, data.y, target, cfg), "first_pool"
+        pools = restore_pools(pools, restored)
         if len(gated):
             opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
             gen = torch.Generator().manual_seed(cfg.seed * 7919 - 1)
             gate_row["unlearning"] = [
-                negative_epoch(student, opt, data, pools.clean, gated, gen, cfg.batch_size, cfg.gate_weight,
+                negative_epoch(student, opt, rows, pools.clean, gated, gen, cfg.batch_size, cfg.gate_weight,
                                desc=f"target gate: unlearning {i + 1}/{cfg.gate_passes}")
                 for i in range(cfg.gate_passes)]
     else:
@@ -350,8 +374,6 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         gated = blob["gated"].numpy() if "gated" in blob else np.zeros(0, np.int64)
         anchors = blob["anchors"].numpy() if blob.get("anchors") is not None else None
         anchors_from = blob.get("anchors_from", "first_pool")
-        first = int(blob["step"]) + 1
-    steps = len(cfg.epochs)
 
     def checkpoint(k: int) -> None:
         session.save(k, {"student": student, "teacher": teacher.model if teacher is not None else None,
@@ -376,9 +398,9 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
             if gate_row:
                 row["target_gate"] = gate_row
             if pattern is not None:
-                row["shared_pattern"] = pattern.evidence
+                row["shared_pattern"] = {**pattern.evidence, "restored_rows": len(restored)}
         for e in range(epochs):
-            stats = finetune_epoch(student, opt, data, pools.clean, gen, cfg.batch_size,
+            stats = finetune_epoch(student, opt, rows, pools.clean, gen, cfg.batch_size,
                                    pgd=pgd if e < adv_epochs else None, teacher=teacher,
                                    consistency_weight=cfg.consistency_weight, augment=cfg.augment,
                                    clean_weight=cfg.clean_weight, copies=copies,
@@ -389,21 +411,21 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
             judge_logits, _ = forward_all(as_pair(judge), data, desc=f"step {k + 1}: consistency")
             cons = consistency_scores(infected_logits, judge_logits)
             split = split_pools(cons, data.y, infected_pred, judge_logits.argmax(1), infected_feats, target,
-                                cfg.rates[k], cfg.poison_share, cfg.spectre, anchors, anchors_from)
+                                cfg.rates[k], cfg.poison_share, cfg.spectre and not restoring, anchors, anchors_from)
             pools, spectre_info, flagged = split.pools, split.info, split.flagged
             anchors, anchors_from = split.anchors, split.anchors_from
-            pools = gate_pools(pools, gated)
+            pools = restore_pools(gate_pools(pools, gated), restored)
             row.update({"clean_pool": len(pools.clean), "poison_pool": len(pools.poison),
                         "disagree": int(np.sum(infected_pred != judge_logits.argmax(1)))})
             if spectre_info:
                 truth = session.pool_quality(np.zeros(0, np.int64), flagged).get("poison_pool")
                 row["spectre"] = {**spectre_info, **({"flagged_quality": truth} if truth else {})}
             if cfg.unlearn:
-                row["unlearning"] = unlearn_epoch(student, opt, data, pools.clean, pools.poison, anchor, gen,
+                row["unlearning"] = unlearn_epoch(student, opt, rows, pools.clean, pools.poison, anchor, gen,
                                                   cfg.batch_size, cfg.unlearn_weight, cfg.anchor_weight,
                                                   desc=f"step {k + 1}: unlearning")
             if len(gated) and cfg.gate_passes:
-                row["gate_unlearning"] = negative_epoch(student, opt, data, pools.clean, gated, gen, cfg.batch_size,
+                row["gate_unlearning"] = negative_epoch(student, opt, rows, pools.clean, gated, gen, cfg.batch_size,
                                                         cfg.gate_weight, desc=f"step {k + 1}: target gate")
             row["pools"] = session.pool_quality(pools.clean, pools.poison)
         session.record(row, student)
@@ -421,7 +443,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         row = {"step": steps + 1, "stage": "finish", "train_pool": len(pools.clean), "lr": f"{cfg.lr} -> 0 (cosine)",
                "epochs": []}
         for e in range(epochs):
-            stats = finetune_epoch(student, opt, data, pools.clean, gen, cfg.batch_size, teacher=teacher,
+            stats = finetune_epoch(student, opt, rows, pools.clean, gen, cfg.batch_size, teacher=teacher,
                                    consistency_weight=cfg.consistency_weight, augment=cfg.augment,
                                    scheduler=schedule, negatives=gated if cfg.gate_passes else None,
                                    negative_weight=cfg.gate_weight, copies=copies,

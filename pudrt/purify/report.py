@@ -32,13 +32,27 @@ def _filter_line(fit: dict) -> str:
             f"step{truth}")
 
 
+def _pattern_line(found: dict) -> str:
+    if "scale" not in found or "skipped" in found:
+        return f"shared pattern of class {found.get('class')} not used: {found.get('skipped', 'not a trigger')}"
+    flips = found["flips_to_target"][str(found["scale"])]
+    line = (f"shared pattern of class {found['class']} (RMS {found['rms_255']}/255) turned {flips:.0%} of other "
+            f"images into the class at {found['scale']:g}x: unlearned on copies of other classes' images")
+    if found.get("restored_rows"):
+        line += (f"; {found['carrying_share']:.0%} of the class carries it, so its {found['restored_rows']} samples "
+                 f"were trained on with the pattern taken out")
+    return line
+
+
 def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, cfg: PurifyConfig,
            onnx: bool = True) -> list[str]:
     """Save the outputs of a finished (or stopped) run; returns the lines the CLI prints."""
     out = Path(out)
     lines = [f"target class: {result.target.statement}"]
     gate = next((r["target_gate"] for r in result.history if r.get("target_gate")), None)
-    if gate and "skipped" in gate:
+    if gate and "skipped" in gate and "rows" not in gate:
+        lines.append(f"target gate not used: {gate['skipped']}")
+    elif gate and "skipped" in gate:
         lines.append(f"target gate skipped: {gate['skipped']} ({gate['rows']} samples of class {gate['class']}, "
                      f"about {gate['expected_clean_inside']} expected clean); PUD ran without it")
     elif gate:
@@ -46,6 +60,9 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
         lines.append(f"target gate: {gate['rows']} samples of class {gate['class']} barely move under a patch "
                      f"perturbation (estimated {gate['estimated_precision']:.0%} poisons{truth}); kept out of every "
                      f"clean pool and unlearned")
+    pattern = next((r["shared_pattern"] for r in result.history if r.get("shared_pattern")), None)
+    if pattern:
+        lines.append(_pattern_line(pattern))
     fit = next((r["spectre"] for r in reversed(result.history) if r.get("spectre")), None)
     if fit:
         lines.append(_filter_line(fit))

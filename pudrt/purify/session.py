@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from pudrt.attacks.base import PoisonAttack
 from pudrt.errors import PudrtError
-from pudrt.evaluate import adversarial_accuracy, attack_success_rate, clean_accuracy
+from pudrt.evaluate import adversarial_accuracy, attack_success_rate, predict
 from pudrt.io.atomic import atomic_path
 from pudrt.io.datasets import LabelledImages
 from pudrt.purify.config import PurifyConfig
@@ -39,9 +39,15 @@ class Evaluation:
         modes = [(m, m.training) for m in model.modules()]
         model.eval()  # train-mode BatchNorm would read batch statistics and overwrite the running ones
         try:
-            row = {"c_acc": clean_accuracy(model, self.test)}
+            pred, labels = predict(model, self.test)
+            row = {"c_acc": float((pred == labels).float().mean()) if len(labels) else float("nan")}
             if self.attack is not None:
                 row["asr"] = attack_success_rate(model, self.test, self.attack)
+                if not self.attack.all_to_all:
+                    # a model that never predicts the target has ASR 0 and looks purified (SIG: README)
+                    own = labels == self.attack.target
+                    row["target_class_acc"] = float((pred[own] == labels[own]).float().mean()) if bool(
+                        own.any()) else float("nan")
             name = f"adv_acc@PGD-{self.steps}/{round(self.eps * 255)}"
             row[name] = adversarial_accuracy(model, self.test, self.eps, self.steps, limit=self.adv_limit)
         finally:
