@@ -42,6 +42,9 @@ def main() -> None:
     p.add_argument("--adv-samples", type=int, default=1000)
     p.add_argument("--work", default=str(Path.home() / ".cache" / "pudrt" / "bench"))
     p.add_argument("--label", default="")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="train and purify on this many poisoned training images per class (a stratified subset, "
+                        "the same every run) instead of all 50,000; the test set stays whole")
     args = p.parse_args()
 
     from benchmarks_common import machine_info
@@ -62,7 +65,10 @@ def main() -> None:
         if not (poisoned_dir / "poison.json").is_file():
             poison_dataset(train, attack, poisoned_dir, "npz")
         poisoned = open_dataset(poisoned_dir)
-        model_path = Path(args.work) / f"infected-{attack.name}-{args.arch}-{args.train_epochs}ep.pt"
+        subset = ""
+        if args.per_class:
+            poisoned, subset = stratified(poisoned, args.per_class), f"-{args.per_class}pc"
+        model_path = Path(args.work) / f"infected-{attack.name}{subset}-{args.arch}-{args.train_epochs}ep.pt"
         train_minutes = None
         if not model_path.is_file():
             result = train_model(poisoned, TrainConfig(arch=args.arch, epochs=args.train_epochs))
@@ -73,7 +79,7 @@ def main() -> None:
         for method in args.methods.split(","):
             infected = load_model(model_path).net
             cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale)
-            out = Path(args.work) / f"purified-{attack.name}-{args.arch}-{method}-{args.epochs_scale}"
+            out = Path(args.work) / f"purified-{attack.name}{subset}-{args.arch}-{method}-{args.epochs_scale}"
             t = time.perf_counter()
             res = purify(infected, poisoned, cfg, out, 10, evaluation, restart=True)
             minutes = (time.perf_counter() - t) / 60
@@ -89,6 +95,7 @@ def main() -> None:
             row = {
                 "date": info["date"], "label": args.label, "attack": attack.name, "method": method,
                 "arch": args.arch, "train_epochs": args.train_epochs, "epochs_scale": args.epochs_scale,
+                "train_samples": len(poisoned), "per_class": args.per_class,
                 "train_minutes": train_minutes, "before": res.before, "after": after,
                 "target_found": res.target.target_class, "target_true": attack.target,
                 "target_acc": target_acc, "clean_pool": pools.get("clean_pool"),
@@ -107,6 +114,15 @@ def main() -> None:
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             write_results_md()
+
+
+def stratified(dataset, per_class: int, seed: int = 0):
+    """The first `per_class` images of each class in a seeded permutation (fewer where a class has fewer)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return dataset.subset(np.sort(np.concatenate(
+        [rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class] for c in range(dataset.num_classes)])))
 
 
 def target_accuracy(model, test, target: int) -> float:
@@ -139,13 +155,18 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def subset_note(row: dict) -> str:
+    return f" ({row['per_class']:,}/class)" if row.get("per_class") else ""
+
+
 def write_results_md() -> None:
     rows = [json.loads(line) for line in open(RESULTS) if line.strip()]
     adv = "adv_acc@PGD-7/6"
     lines = [
         "## Purification (`benchmarks/purify_cifar10.py`)",
         "",
-        "Full CIFAR-10, attacks at 10% (all-to-one, target 0; SIG clean-label), no clean data, target class not",
+        "Full CIFAR-10 (or the per-class subset the attack column names), attacks at 10% (all-to-one, target 0;",
+        "SIG clean-label), no clean data, target class not",
         "given. C-Acc on the 10,000 test images, ASR on the triggered non-target ones, adv_acc on evenly spaced",
         "test images (PGD-7, ε=6/255, α=ε/5). Target-class acc: on the clean test images of the attack's target",
         'class (recorded from 2026-11-23; "-" before). Pools against poison.json. Minutes: purification alone, on this',
@@ -160,15 +181,19 @@ def write_results_md() -> None:
         b, a = r["before"] or {}, r["after"] or {}
         cp, pp, ta = r.get("clean_pool") or {}, r.get("poison_pool") or {}, r.get("target_acc") or {}
         lines.append(
-            f"| {r['date']} | {r['attack']} | {r['method']} | {r['arch']} | {r['epochs_scale']} | "
+            f"| {r['date']} | {r['attack']}{subset_note(r)} | {r['method']} | {r['arch']} | {r['epochs_scale']} | "
             f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))} | {_pct(b.get('asr'))}→{_pct(a.get('asr'))} | "
             f"{_pct(b.get(adv))}→{_pct(a.get(adv))} | {r['target_found']} (true {r['target_true']}) | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | "
             f"{_pct(cp.get('precision'))} / {_pct(cp.get('recall'))} | {_pct(pp.get('precision'))} / "
             f"{_pct(pp.get('recall'))} | {r['purify_minutes']} | {r.get('commit') or 'earlier'} |"
         )
-    m = rows[-1]["machine"] if rows else {}
-    lines += ["", f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}."]
+    machines: dict[str, list[str]] = {}
+    for r in rows:  # minutes compare only within one machine
+        m = r.get("machine") or {}
+        machines.setdefault(f"{m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}", []).append(r["date"])
+    lines += ["", "Machines: " + "; ".join(f"{name}: rows of {min(d)} to {max(d)}" for name, d in machines.items())
+              + "."]
     from benchmarks_common import replace_section
 
     replace_section(HERE / "RESULTS.md", "## Purification", "\n".join(lines) + "\n")
