@@ -45,6 +45,9 @@ def export(
     min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement an INT8 or FP16 export must "
                                                       "reach.")] = 0.99,
     calib_samples: Annotated[int, typer.Option(help="Calibration images for --int8.")] = 512,
+    reduce_range: Annotated[bool | None, typer.Option("--reduce-range/--full-range", help="--int8 with 7-bit "
+                                                       "weights (needed where the CPU that runs it lacks VNNI) or "
+                                                       "8-bit (default: 7-bit unless this CPU has VNNI).")] = None,
     keep_convs: Annotated[bool, typer.Option("--keep-convs", help="Keep convolutions on tiny feature maps as "
                                                                   "they are instead of rewriting them as exact "
                                                                   "dense products (faster on CPUs).")] = False,
@@ -84,11 +87,16 @@ def export(
             fp32 = Path(t) / "fp32.onnx"
             export_onnx(net, fp32, images[:4], dense=not keep_convs)
             calib, _ = _images(check_data, calib_samples, offset=1)
-            quantize_int8(fp32, tmp, calib.numpy())
+            from pudrt.system import cpu_has_vnni
+
+            if reduce_range is None:
+                reduce_range = cpu_has_vnni() is not True
+            quantize_int8(fp32, tmp, calib.numpy(), reduce_range=reduce_range)
             with OrtRunner(fp32, device="cpu") as ref_runner, OrtRunner(tmp, device="cpu") as q_runner:
                 ref, got = ref_runner(images), q_runner(images)
             result = compare(ref, got, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
-            typer.echo(f"INT8 vs FP32 {result.describe()} (need top-1 ≥ {100 * min_agreement:.0f}%)")
+            typer.echo(f"INT8 ({7 if reduce_range else 8}-bit weights) vs FP32 {result.describe()} "
+                       f"(need top-1 ≥ {100 * min_agreement:.0f}%)")
         else:
             export_onnx(net, tmp, images[:4], dense=not keep_convs)
             result = verify_onnx(tmp, net, images, atol=atol, rtol=rtol)
