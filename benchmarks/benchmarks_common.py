@@ -11,6 +11,8 @@ from pathlib import Path
 def machine_info() -> dict:
     import torch
 
+    from pudrt.system import cpu_has_vnni
+
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -24,6 +26,7 @@ def machine_info() -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)),
+        "vnni": cpu_has_vnni(),  # decides INT8's default weight width (pudrt.engine.quantize)
         "python": platform.python_version(),
         "torch": torch.__version__,
         "load_before": round(os.getloadavg()[0], 2),
