@@ -48,11 +48,19 @@ log = logging.getLogger(__name__)
 
 MIN_SCORE = 10.0
 """Summed robust z-scores a class needs to be named. Measured (2026-11-22): the target of BadNets/Blend resnet8s
-scored 19-54, of a full-CIFAR-10 BadNets resnet9w16 25.3; the top class of a clean resnet8 5.1-7.4."""
+scored 19-54, of a full-CIFAR-10 BadNets resnet9w16 25.3; the top class of a clean resnet8 5.1-7.4. On an AMD EPYC
+(2026-11-28, SURVIVAL_FLOOR): a clean resnet8's top class 7.9 (11.0 before the floor), a SIG resnet8's target
+41.0 (64.9 before)."""
 MIN_GAP = 5.0
 """... and its lead over the runner-up (infected: 17-36 measured; clean: 0.5-2.3)."""
 ROBUST_QUANTILE = 0.05
 """Patch-KL quantile (over all attacked samples) below which a sample counts as barely moved."""
+SURVIVAL_FLOOR = 0.05
+"""Least spread of survival across classes (the z-score's denominator). A clean model's classes differ in natural
+robustness: a clean resnet8 kept 10.3% of its attacked airplanes and 0% of every other class (2026-11-28, AMD EPYC
+build of the tests' model), which at the 0.02 floor of the other signals read z = 5.2 and, with the same
+airplanes' patch robustness (z = 4.4), named class 0 of a clean model (evidence 11.0). Poisons that carry their
+trigger survive far above that, or not at all (full-CIFAR-10 BadNets: 0% at ε = 8/255)."""
 
 
 @dataclass
@@ -138,7 +146,7 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
     share = into / np.maximum(possible, 1)
     flip_z = _robust_z(share, floor=0.02)
     survival = h["survived"] / np.maximum(h["attacked"], 1)
-    survival_z = _robust_z(survival, floor=0.02)
+    survival_z = _robust_z(survival, floor=SURVIVAL_FLOOR)
     kl = patch_kl_scores(model, data, kl_eps, kl_radius, rows=np.sort(idx), seed=seed,
                          desc="target discovery (patch KL)")
     labels = data.y[np.sort(idx)]
