@@ -82,15 +82,12 @@ def export(
             result = verify_grad_graph(tmp, net, images, labels, grad, steps=steps)
             typer.echo(result.describe())
         elif int8:
-            from pudrt.engine.quantize import quantize_int8
+            from pudrt.engine.quantize import quantize_int8, weights_reduced
 
             fp32 = Path(t) / "fp32.onnx"
             export_onnx(net, fp32, images[:4], dense=not keep_convs)
             calib, _ = _images(check_data, calib_samples, offset=1)
-            from pudrt.system import cpu_has_vnni
-
-            if reduce_range is None:
-                reduce_range = cpu_has_vnni() is not True
+            reduce_range = weights_reduced(reduce_range)
             quantize_int8(fp32, tmp, calib.numpy(), reduce_range=reduce_range)
             with OrtRunner(fp32, device="cpu") as ref_runner, OrtRunner(tmp, device="cpu") as q_runner:
                 ref, got = ref_runner(images), q_runner(images)

@@ -57,8 +57,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     if method not in methods:
         raise PudrtError(f"unknown calibration method {method!r}; choose one of {', '.join(methods)}")
     dst = Path(dst)
-    if reduce_range is None:
-        reduce_range = cpu_has_vnni() is not True
+    reduce_range = weights_reduced(reduce_range)
     log.info("INT8 with %d-bit weights", 7 if reduce_range else 8)
     with tempfile.TemporaryDirectory(prefix="pudrt-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -72,6 +71,11 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
                 nodes_to_exclude=_kept_in_float(model),
             )
     return dst
+
+
+def weights_reduced(reduce_range: bool | None) -> bool:
+    """`reduce_range` as asked, or (None) True unless this CPU has VNNI (module docstring)."""
+    return cpu_has_vnni() is not True if reduce_range is None else reduce_range
 
 
 def _kept_in_float(model) -> list[str]:

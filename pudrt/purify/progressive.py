@@ -343,7 +343,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
               if pattern is not None and pattern.scale is not None else None)
     restoring = pattern is not None and pattern.scale is not None and pattern.restores and cfg.pattern_restore
     restored = np.flatnonzero(data.y == target) if restoring else np.zeros(0, np.int64)
-    rows = RestoredRows(data, pattern) if restoring else data  # what the training loops read
+    train_rows = RestoredRows(data, pattern) if restoring else data  # what the training loops read
     gate_row: dict = {}
     if blob is None:
         if restoring:
@@ -361,7 +361,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
             opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
             gen = torch.Generator().manual_seed(cfg.seed * 7919 - 1)
             gate_row["unlearning"] = [
-                negative_epoch(student, opt, rows, pools.clean, gated, gen, cfg.batch_size, cfg.gate_weight,
+                negative_epoch(student, opt, train_rows, pools.clean, gated, gen, cfg.batch_size, cfg.gate_weight,
                                desc=f"target gate: unlearning {i + 1}/{cfg.gate_passes}")
                 for i in range(cfg.gate_passes)]
     else:
@@ -400,7 +400,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
             if pattern is not None:
                 row["shared_pattern"] = {**pattern.evidence, "restored_rows": len(restored)}
         for e in range(epochs):
-            stats = finetune_epoch(student, opt, rows, pools.clean, gen, cfg.batch_size,
+            stats = finetune_epoch(student, opt, train_rows, pools.clean, gen, cfg.batch_size,
                                    pgd=pgd if e < adv_epochs else None, teacher=teacher,
                                    consistency_weight=cfg.consistency_weight, augment=cfg.augment,
                                    clean_weight=cfg.clean_weight, copies=copies,
@@ -421,12 +421,13 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
                 truth = session.pool_quality(np.zeros(0, np.int64), flagged).get("poison_pool")
                 row["spectre"] = {**spectre_info, **({"flagged_quality": truth} if truth else {})}
             if cfg.unlearn:
-                row["unlearning"] = unlearn_epoch(student, opt, rows, pools.clean, pools.poison, anchor, gen,
+                row["unlearning"] = unlearn_epoch(student, opt, train_rows, pools.clean, pools.poison, anchor, gen,
                                                   cfg.batch_size, cfg.unlearn_weight, cfg.anchor_weight,
                                                   desc=f"step {k + 1}: unlearning")
             if len(gated) and cfg.gate_passes:
-                row["gate_unlearning"] = negative_epoch(student, opt, rows, pools.clean, gated, gen, cfg.batch_size,
-                                                        cfg.gate_weight, desc=f"step {k + 1}: target gate")
+                row["gate_unlearning"] = negative_epoch(student, opt, train_rows, pools.clean, gated, gen,
+                                                        cfg.batch_size, cfg.gate_weight,
+                                                        desc=f"step {k + 1}: target gate")
             row["pools"] = session.pool_quality(pools.clean, pools.poison)
         session.record(row, student)
         checkpoint(k)
@@ -443,7 +444,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         row = {"step": steps + 1, "stage": "finish", "train_pool": len(pools.clean), "lr": f"{cfg.lr} -> 0 (cosine)",
                "epochs": []}
         for e in range(epochs):
-            stats = finetune_epoch(student, opt, rows, pools.clean, gen, cfg.batch_size, teacher=teacher,
+            stats = finetune_epoch(student, opt, train_rows, pools.clean, gen, cfg.batch_size, teacher=teacher,
                                    consistency_weight=cfg.consistency_weight, augment=cfg.augment,
                                    scheduler=schedule, negatives=gated if cfg.gate_passes else None,
                                    negative_weight=cfg.gate_weight, copies=copies,
