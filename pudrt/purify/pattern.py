@@ -141,12 +141,13 @@ class _RestoredPixels:
 
     def __getitem__(self, idx) -> np.ndarray:
         raw = self.data.x[idx]
-        labels = np.asarray(self.data.y[idx])
-        if raw.ndim != 4 or not np.any(labels == self.pattern.target):
+        labels = np.atleast_1d(np.asarray(self.data.y[idx]))
+        if not np.any(labels == self.pattern.target):
             return raw
-        x = torch.from_numpy(np.ascontiguousarray(raw)).float().div_(255.0)
-        restored = self.pattern.restore(x, torch.from_numpy(labels))
-        return restored.mul_(255.0).round_().to(torch.uint8).numpy()
+        batch = raw if raw.ndim == 4 else raw[None]  # one row, indexed by an integer
+        x = torch.from_numpy(np.ascontiguousarray(batch)).float().div_(255.0)
+        restored = self.pattern.restore(x, torch.from_numpy(labels)).mul_(255.0).round_().to(torch.uint8).numpy()
+        return restored if raw.ndim == 4 else restored[0]
 
 
 def high_pass_batch(x: torch.Tensor) -> torch.Tensor:

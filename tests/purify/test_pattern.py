@@ -116,6 +116,7 @@ def test_a_clean_label_class_is_restored_and_nothing_else_is(sig_model, sig_rows
     mixed = np.sort(np.concatenate([planes[:5], others[:5]]))
     assert np.array_equal(restored.x[mixed][sig_rows.y[mixed] != 0], sig_rows.x[mixed][sig_rows.y[mixed] != 0])
     assert len(restored) == len(sig_rows) and np.array_equal(restored.y, sig_rows.y)
+    assert np.array_equal(restored.x[int(planes[3])], restored.x[planes[3:4]][0])  # one row reads the same
 
 
 @pytest.mark.parametrize("attack", ["badnets", "blend"])
