@@ -88,7 +88,8 @@ class PurifyConfig:
     pattern_restore: bool = True
     """With `shared_pattern`, when at least 90% of the class's rows carry the confirmed pattern (a clean-label
     attack: the class holds no clean row), train on those rows with the pattern taken out instead of leaving the
-    class unlearnt; they join every clean pool and the target gate is not used (pattern.py)."""
+    class unlearnt; they join every clean pool (as many as the other classes hold there on average) and the
+    target gate is not used (pattern.py, progressive.restore_pools)."""
     finish_epochs: int = 1
     """Clean epochs on the final clean pool after the last step's unlearning, the learning rate annealed from
     `lr` to 0 (cosine, per batch), the gated set unlearned alongside (loops.finetune_epoch's `negatives`, one

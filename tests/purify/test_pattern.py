@@ -147,3 +147,16 @@ def test_the_summary_says_what_was_done_with_the_pattern():
         _pattern_line(restored))
     skipped = {"class": 3, "flips_to_target": {"1.0": 0.02}, "skipped": "the pattern turns under 50% of other images"}
     assert _pattern_line(skipped) == "shared pattern of class 3 not used: the pattern turns under 50% of other images"
+
+
+def test_restored_rows_join_the_clean_pool_in_proportion():
+    from pudrt.purify.progressive import Pools, restore_pools
+
+    labels = np.repeat(np.arange(4), 100)  # class 0 is the restored one
+    restored = np.random.default_rng(0).permutation(np.flatnonzero(labels == 0))
+    clean = np.concatenate([np.flatnonzero(labels == c)[:20] for c in (1, 2, 3)])  # 20 per other class
+    poison = np.array([restored[50], 399])
+    pools = restore_pools(Pools(np.sort(clean), poison, np.zeros(400), np.zeros(400)), restored, labels)
+    # as many restored rows as the other classes hold on average, the first of their fixed order; none poisoned
+    assert np.array_equal(np.sort(pools.clean[labels[pools.clean] == 0]), np.sort(restored[:20]))
+    assert pools.poison.tolist() == [399]
