@@ -67,7 +67,7 @@ def main() -> None:
         poisoned = open_dataset(poisoned_dir)
         subset = ""
         if args.per_class:
-            poisoned, subset = stratified(poisoned, args.per_class), f"-{args.per_class}pc"
+            poisoned, subset = poisoned.per_class(args.per_class), f"-{args.per_class}pc"
         model_path = Path(args.work) / f"infected-{attack.name}{subset}-{args.arch}-{args.train_epochs}ep.pt"
         train_minutes = None
         if not model_path.is_file():
@@ -114,15 +114,6 @@ def main() -> None:
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             write_results_md()
-
-
-def stratified(dataset, per_class: int, seed: int = 0):
-    """The first `per_class` images of each class in a seeded permutation (fewer where a class has fewer)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return dataset.subset(np.sort(np.concatenate(
-        [rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class] for c in range(dataset.num_classes)])))
 
 
 def target_accuracy(model, test, target: int) -> float:

@@ -151,7 +151,6 @@ def train_model(
     device = torch.device(device)
     data = Materialized(dataset)
     model = Normalized(create_model(cfg.arch, num_classes), cfg.mean, cfg.std).to(device)
-    model = model.to(memory_format=torch.channels_last)
     bf16 = cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or cpu_has_native_bf16())
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     decay, no_decay = [], []

@@ -33,6 +33,9 @@ def demo(
     purify_scale: Annotated[float, typer.Option(help="--epochs-scale of the PUD run (0 skips purification).")]
     = 0.1,
     adv_samples: Annotated[int, typer.Option(help="Test images attacked for adv_acc@PGD-7/6.")] = 500,
+    per_class: Annotated[int | None, typer.Option(
+        help="Use this many of the 1,000 embedded training images per class (a seeded stratified subset) for a "
+             "quicker look; all of them by default.")] = None,
 ) -> None:
     """Run the whole story on the embedded data: poison, train infected and clean models, purify, measure."""
     from pudrt.purify import Evaluation, PurifyConfig, purify
@@ -41,7 +44,9 @@ def demo(
     spec = create_attack(attack)
     total = 4 if purify_scale > 0 else 3
     train, test = embedded_dataset("train"), embedded_dataset("test")
-    poisoned_dir = out / f"train-{spec.name}"
+    if per_class is not None:
+        train = train.per_class(per_class)
+    poisoned_dir = out / (f"train-{spec.name}" if per_class is None else f"train-{spec.name}-{per_class}pc")
     if not (poisoned_dir / "poison.json").is_file():
         r = poison_dataset(train, spec, poisoned_dir, "npz")
         typer.echo(f"[1/{total}] poisoned {len(r.poison_indices)} of {r.written} training images with {spec.name} "

@@ -115,6 +115,17 @@ class LabelledImages(torch.utils.data.Dataset):
         """A view of samples `indices` (new indices 0..len-1; ids, labels and poison ground truth carried)."""
         return SubsetImages(self, indices)
 
+    def per_class(self, count: int, seed: int = 0) -> LabelledImages:
+        """A stratified view: the first `count` samples of each class in a seeded permutation (all of a class that
+        has fewer), in their original order. Ground-truth poisons are carried; a dirty-label attack's sit in its target
+        class, so a subset of such data holds fewer of them than the whole (subset clean data, then poison it, to
+        keep the rate)."""
+        if count < 1:
+            raise PudrtError(f"the number of images per class must be at least 1, got {count}")
+        rng = np.random.default_rng(seed)
+        picks = [rng.permutation(np.flatnonzero(self.labels == c))[:count] for c in range(self.num_classes)]
+        return self.subset(np.sort(np.concatenate(picks)))
+
     def check_num_classes(self, num_classes: int) -> None:
         """Raise when the labels do not fit a model with `num_classes` outputs."""
         top = int(self.labels.max()) if len(self.labels) else -1

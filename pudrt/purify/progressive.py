@@ -273,7 +273,8 @@ def target_gate(infected: nn.Module, data, evidence: TargetEvidence, cfg: Purify
     if not cfg.target_gate or t is None or evidence.robust_cut is None:
         return np.zeros(0, np.int64), {}
     gated = gate_class(infected, data, t, evidence.robust_cut, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed + 1)
-    expected_clean = float(np.median(evidence.robust_share)) * int(np.sum(data.y == t))
+    # as many of the class as fall below the cut in a median class, never more than the gate holds
+    expected_clean = min(float(np.median(evidence.robust_share)) * int(np.sum(data.y == t)), len(gated))
     estimate = 1 - expected_clean / max(len(gated), 1)
     row = {"class": t, "rows": len(gated), "expected_clean_inside": round(expected_clean),
            "estimated_precision": round(estimate, 4), **(quality(gated) if quality is not None else {})}
@@ -320,8 +321,9 @@ def restore_pools(pools: Pools, restored: np.ndarray, labels: np.ndarray) -> Poo
     if len(restored):
         target = labels[restored[0]]
         others = labels[np.setdiff1d(pools.clean, restored)]
-        counts = np.bincount(others[others != target]) if np.any(others != target) else np.zeros(1)
-        share = int(round(float(np.mean(counts[counts > 0])))) if np.any(counts > 0) else len(restored)
+        counts = np.bincount(others[others != target])
+        counts = counts[counts > 0]
+        share = int(round(float(counts.mean()))) if len(counts) else len(restored)
         pools.clean = np.union1d(np.setdiff1d(pools.clean, restored), restored[:share])
         pools.poison = np.setdiff1d(pools.poison, restored)
     return pools
@@ -351,7 +353,7 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
                if cfg.shared_pattern and target is not None and first <= steps else None)
     copies = ((lambda x, y, g: pattern.copies(x, y, cfg.pattern_share, g))
               if pattern is not None and pattern.scale is not None else None)
-    restoring = pattern is not None and pattern.scale is not None and pattern.restores and cfg.pattern_restore
+    restoring = pattern is not None and pattern.restores and cfg.pattern_restore
     restored = (np.random.default_rng(cfg.seed + 2).permutation(np.flatnonzero(data.y == target)) if restoring
                 else np.zeros(0, np.int64))
     train_rows = RestoredRows(data, pattern) if restoring else data  # what the training loops read

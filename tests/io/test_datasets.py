@@ -221,3 +221,21 @@ def test_poison_file_maps_ids_to_indices(tmp_path):
     (root / "poison.json").write_text(json.dumps({"poison_ids": ["dog/1.png", "cat/0.png"]}))
     ds = open_dataset(root)
     assert ds.poison_indices.tolist() == [0, 4]
+
+
+def test_per_class_takes_a_stratified_subset_and_keeps_the_poisons(tmp_path, train_data):
+    from pudrt.attacks import BadNets
+    from pudrt.attacks.poison import poison_dataset
+    from pudrt.io import open_dataset
+
+    poison_dataset(train_data, BadNets(), tmp_path / "p", "npz")
+    poisoned = open_dataset(tmp_path / "p")
+    part = poisoned.per_class(100)
+    assert np.bincount(part.labels).tolist() == [100] * 10
+    assert part.ids == sorted(part.ids, key=poisoned.ids.index)  # original order kept
+    assert part.per_class(100).ids == part.ids and poisoned.per_class(100, seed=1).ids != part.ids
+    # BadNets' 1,000 poisons are labelled airplane: half of class 0's 2,000 rows, so about 50 of the 100 picked
+    assert 35 <= len(part.poison_indices) <= 65 and set(part.labels[part.poison_indices]) == {0}
+    assert all(part.ids[i] in poisoned.poison["poison_ids"] for i in part.poison_indices)
+    with pytest.raises(PudrtError, match="at least 1"):
+        poisoned.per_class(0)

@@ -21,12 +21,6 @@ from pudrt.train import Materialized
 QUICK_PUD = dict(epochs_scale=0.1, discovery_samples=1000)
 
 
-def stratified(dataset, per_class, seed=0):
-    rng = np.random.default_rng(seed)
-    return dataset.subset(np.sort(np.concatenate(
-        [rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class] for c in range(dataset.num_classes)])))
-
-
 def test_target_discovery_names_the_blend_target(blend_model, blend_data):
     # BadNets (named) and a clean model ("none") are checked inside the purify runs below.
     evidence = discover_target(blend_model, as_pair(blend_model), Materialized(blend_data), 10, samples=1000)
@@ -38,7 +32,7 @@ def test_target_discovery_names_the_blend_target(blend_model, blend_data):
 def test_pud_halves_asr_and_keeps_clean_accuracy(badnets_model, badnets_data, test_data, tmp_path):
     attack = BadNets()
     evaluation = Evaluation(test_data, attack, adv_limit=200)
-    data = stratified(badnets_data, 500)  # half of the data, poisons included in proportion
+    data = badnets_data.per_class(500)  # half of the data; 270 of class 0's 500 are poisons
     result = purify(badnets_model, data, PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path, 10, evaluation)
     before, after = result.before, result.history[-1]["eval"]
     assert result.finished and result.target.target_class == 0, result.target.statement
@@ -68,7 +62,7 @@ def test_pud_halves_asr_and_keeps_clean_accuracy(badnets_model, badnets_data, te
 
 
 def test_the_target_gate_is_skipped_when_it_cannot_be_trusted(badnets_model, badnets_data):
-    data = Materialized(stratified(badnets_data, 30))
+    data = Materialized(badnets_data.per_class(30))
     cfg = PurifyConfig.for_method("pud")
     base = dict(target_class=0, statement="class 0", flips=[], flip_share=[], flip_z=[], survival=[], survival_z=[],
                 robust_z=[], outlier_mass=[], mass_z=[], score=[], attacked=0, flipped=0)
@@ -148,14 +142,14 @@ def test_anchors_are_the_target_rows_of_a_screened_first_pool_only():
 
 def test_a_clean_model_comes_out_about_as_accurate(clean_model, train_data, test_data, tmp_path):
     before = clean_accuracy(clean_model, test_data)
-    result = purify(clean_model, stratified(train_data, 500), PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path,
+    result = purify(clean_model, train_data.per_class(500), PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path,
                     10)
     assert result.target.target_class is None and result.target.statement.startswith("none")
     assert clean_accuracy(result.model, test_data) >= before - 0.10
 
 
 def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(badnets_model, badnets_data, tmp_path):
-    data = stratified(badnets_data, 100)
+    data = badnets_data.per_class(100)
     cfg = PurifyConfig.for_method("pud", **QUICK_PUD)
     straight = purify(badnets_model, data, cfg, tmp_path / "straight", 10, stop_after=2)
     purify(badnets_model, data, cfg, tmp_path / "resumed", 10, stop_after=1)  # "killed" after step 1
@@ -175,14 +169,14 @@ def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(badnets_model,
 def test_advrbd_separates_the_poisons_and_drops_asr(badnets_model, badnets_data, test_data, tmp_path):
     evaluation = Evaluation(test_data, BadNets(), adv_limit=50)
     cfg = PurifyConfig.for_method("advrbd", epochs_scale=0.2, discovery_samples=500)
-    result = purify(badnets_model, stratified(badnets_data, 200), cfg, tmp_path, 10, evaluation)
+    result = purify(badnets_model, badnets_data.per_class(200), cfg, tmp_path, 10, evaluation)
     stages = [r.get("stage") for r in result.history[1:]]
     assert stages == ["kl-consistency", "backdoor-enhancement", "clean-model", "relabel-relearn"]
     assert result.history[-1]["eval"]["asr"] <= result.before["asr"] / 2
     pools = result.history[2]["pools"]
     assert pools["clean_pool"]["precision"] >= 0.95 and pools["poison_pool"]["recall"] >= 0.8
     # a rerun resumes from the last stage's checkpoint and returns the same model
-    again = purify(badnets_model, stratified(badnets_data, 200), cfg, tmp_path, 10, evaluation)
+    again = purify(badnets_model, badnets_data.per_class(200), cfg, tmp_path, 10, evaluation)
     for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
