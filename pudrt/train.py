@@ -162,7 +162,9 @@ def train_model(
     )
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+        # a warm-up of exactly one step (4 steps in all) makes OneCycleLR divide by zero: give it two
+        warmup = 0.25 if total != 4 else 0.5
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=warmup,
                                                     anneal_strategy="linear", div_factor=25, final_div_factor=1e3)
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -42,3 +44,11 @@ def test_bad_training_configs_are_explained():
 def test_labels_beyond_the_model_are_explained(train_data):
     with pytest.raises(PudrtError, match="labels go up to 9 but the model has 5 classes"):
         train_model(train_data, QUICK, num_classes=5)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5])
+def test_a_schedule_of_a_few_steps_trains(train_data, steps):
+    # 4 steps made torch's OneCycleLR divide by zero (a one-step warm-up): `pudrt demo --per-class 100` hit it
+    data = train_data.per_class(2)
+    result = train_model(data, TrainConfig(arch="resnet8", epochs=1, batch_size=math.ceil(len(data) / steps)))
+    assert all(np.isfinite(p.detach().numpy()).all() for p in result.model.parameters())

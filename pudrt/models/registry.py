@@ -37,11 +37,10 @@ def list_models(include_torchvision: bool = True) -> list[str]:
 def create_model(name: str, num_classes: int = 10) -> nn.Module:
     """Architecture `name` with `num_classes` outputs, its weights in channels-last layout.
 
-    The layout changes no result, only speed: torch's CPU convolutions ran resnet8 2.2× faster forward and 1.8×
-    faster forward and backward in it (PreActResNet-18 1.6× / 1.3×; AVX2 EPYC, torch 2.14, batch 256-512), and a
-    model whose weights are channels-last computes in that layout whatever the input's. Saved state dicts are
-    made contiguous again (`pudrt.io.models.save_model`); a loaded one keeps the layout of the model it is
-    loaded into.
+    The layout changes no result, only speed: torch's CPU convolutions ran faster in it at training and
+    evaluation batch sizes (`benchmarks/torch_layout.py`, quoted in the README), and a model whose weights are
+    channels-last computes in that layout whatever the input's. Models loaded from a state dict get it too (the
+    weights are copied into this model); saved state dicts are made contiguous (`pudrt.io.models.save_model`).
     """
     if num_classes < 1:
         raise PudrtError(f"--num-classes must be at least 1, got {num_classes}")
