@@ -117,3 +117,18 @@ def test_save_is_atomic_and_keeps_the_old_file_on_failure(tmp_path, trained_like
         save_model(trained_like, tmp_path / "m.xyz", "resnet8", 10)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_models_are_built_and_loaded_channels_last_and_saved_contiguous(tmp_path):
+    def convs(m):
+        return [p for p in m.parameters() if p.dim() == 4]
+
+    model = create_model("resnet8", 10)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs(model))
+    save_model(model, tmp_path / "m.pt", "resnet8", 10)
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
+    assert all(t.is_contiguous() for t in saved.values())  # readable by any loader, layout-free
+    loaded = load_model(tmp_path / "m.pt").net
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs(loaded))
+    x = torch.rand(4, 3, 32, 32)
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
