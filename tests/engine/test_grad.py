@@ -27,24 +27,28 @@ def test_gradient_graph_agrees_with_autograd(random_model, tmp_path, arch, kind,
         assert result.within_rtol >= 0.99, result.describe()
 
 
-def test_pgd_graph_matches_torch_pgd(tmp_path, trained_resnet8, batch):
+@pytest.fixture(scope="module")
+def pgd_graph(tmp_path_factory, trained_resnet8, batch):
+    """The 7-step PGD graph of the trained resnet8 (its export is the slow part: each step's backward is traced)."""
+    return export_grad_graph(trained_resnet8, tmp_path_factory.mktemp("pgd") / "pgd.onnx", batch[0][:4], "pgd",
+                             steps=7)
+
+
+def test_pgd_graph_matches_torch_pgd(pgd_graph, trained_resnet8, batch):
     x, y = batch
-    path = export_grad_graph(trained_resnet8, tmp_path / "pgd.onnx", x[:4], "pgd", steps=7)
-    result = verify_grad_graph(path, trained_resnet8, x, y, "pgd", steps=7)
+    result = verify_grad_graph(pgd_graph, trained_resnet8, x, y, "pgd", steps=7)
     assert result.passed, result.describe()
     with torch.no_grad():
         clean = float((trained_resnet8(x).argmax(1) == y).float().mean())
     assert result.adv_acc_torch < clean - 0.2  # the attack works: accuracy falls well below clean
 
 
-def test_pgd_graph_respects_the_budget(random_model, tmp_path, batch):
+def test_pgd_graph_respects_the_budget(pgd_graph, batch):
     from pudrt.engine import OrtRunner
 
     x, y = batch
-    model = random_model("resnet8")
-    path = export_grad_graph(model, tmp_path / "pgd.onnx", x[:4], "pgd", steps=3)
-    eps = 8 / 255
-    with OrtRunner(path, device="cpu") as runner:
+    eps = 8 / 255  # ε and the step size are inputs of the graph, not baked into it
+    with OrtRunner(pgd_graph, device="cpu") as runner:
         out = runner(x, label=y.numpy(), start=x.numpy(), eps=np.float32(eps), alpha=np.float32(2 / 255))
     delta = out["x_adv"] - x.numpy()
     assert np.abs(delta).max() <= eps + 1e-6

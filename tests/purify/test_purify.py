@@ -1,6 +1,7 @@
 """Purification on the embedded data with briefly trained resnet8 models (conftest.py's session fixtures)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from pudrt.purify import Evaluation, PurifyConfig, discover_target, purify
 from pudrt.purify.discovery import TargetEvidence
 from pudrt.purify.loops import forward_all
 from pudrt.purify.progressive import MIN_ANCHORS, first_pool, split_pools, target_anchors, target_gate
+from pudrt.purify.session import CHECKPOINTS
 from pudrt.scores import consistency_scores
 from pudrt.train import Materialized
 
@@ -29,11 +31,18 @@ def test_target_discovery_names_the_blend_target(blend_model, blend_data):
     assert np.argmax(evidence.flip_share) == 0  # Figure 1: adversarial examples collapse into the target
 
 
-def test_pud_halves_asr_and_keeps_clean_accuracy(badnets_model, badnets_data, test_data, tmp_path):
-    attack = BadNets()
-    evaluation = Evaluation(test_data, attack, adv_limit=200)
+@pytest.fixture(scope="module")
+def pud_run(badnets_model, badnets_data, test_data, tmp_path_factory):
+    """One complete quick PUD run on half of the BadNets data, with its folder and step checkpoints kept."""
+    out = tmp_path_factory.mktemp("pud")
+    evaluation = Evaluation(test_data, BadNets(), adv_limit=200)
     data = badnets_data.per_class(500)  # half of the data; 270 of class 0's 500 are poisons
-    result = purify(badnets_model, data, PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path, 10, evaluation)
+    result = purify(badnets_model, data, PurifyConfig.for_method("pud", **QUICK_PUD), out, 10, evaluation)
+    return result, out, data, evaluation
+
+
+def test_pud_halves_asr_and_keeps_clean_accuracy(pud_run):
+    result, out, _, _ = pud_run
     before, after = result.before, result.history[-1]["eval"]
     assert result.finished and result.target.target_class == 0, result.target.statement
     # KL screening keeps the first pool far cleaner than the 10% poison ratio a random pool would carry
@@ -51,14 +60,14 @@ def test_pud_halves_asr_and_keeps_clean_accuracy(badnets_model, badnets_data, te
     quality = result.history[-2]["pools"]  # the last step's; the finish trains on that pool
     assert quality["clean_pool"]["precision"] >= 0.95
     assert quality["poison_pool"]["recall"] >= 0.5
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = json.loads((out / "history.json").read_text())
     assert [r["step"] for r in history["steps"]] == [0, 1, 2, 3, 4, 5, 6]
     assert history["steps"][-1]["stage"] == "finish" and history["steps"][-1]["train_pool"] == len(result.clean_indices)
     for name in ("clean_indices.npy", "poison_indices.npy", "scores.csv", "target.json"):
-        assert (tmp_path / name).exists()
-    clean = np.load(tmp_path / "clean_indices.npy")
+        assert (out / name).exists()
+    clean = np.load(out / "clean_indices.npy")
     assert len(clean) == len(result.clean_indices)
-    assert not np.isin(clean, np.load(tmp_path / "poison_indices.npy")).any()  # the pools are disjoint
+    assert not np.isin(clean, np.load(out / "poison_indices.npy")).any()  # the pools are disjoint
 
 
 def test_the_target_gate_is_skipped_when_it_cannot_be_trusted(badnets_model, badnets_data):
@@ -148,21 +157,31 @@ def test_a_clean_model_comes_out_about_as_accurate(clean_model, train_data, test
     assert clean_accuracy(result.model, test_data) >= before - 0.10
 
 
-def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(badnets_model, badnets_data, tmp_path):
-    data = badnets_data.per_class(100)
+def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(pud_run, badnets_model, tmp_path):
+    result, out, data, evaluation = pud_run
     cfg = PurifyConfig.for_method("pud", **QUICK_PUD)
-    straight = purify(badnets_model, data, cfg, tmp_path / "straight", 10, stop_after=2)
-    purify(badnets_model, data, cfg, tmp_path / "resumed", 10, stop_after=1)  # "killed" after step 1
-    resumed = purify(badnets_model, data, cfg, tmp_path / "resumed", 10, stop_after=2)
-    assert not straight.finished and [r["step"] for r in resumed.history] == [1, 2]
-    np.testing.assert_array_equal(straight.clean_indices, resumed.clean_indices)
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b)
-    # run to the end (steps 3-5 and the finish), then once more: a finished run is not trained again
-    done = purify(badnets_model, data, cfg, tmp_path / "resumed", 10)
-    again = purify(badnets_model, data, cfg, tmp_path / "resumed", 10)
-    assert done.finished and again.finished and [r["step"] for r in again.history] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(done.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+    # the run's folder as it was had it been killed after step 1 (checkpoint step-0.pt)
+    killed = tmp_path / "killed"
+    (killed / CHECKPOINTS).mkdir(parents=True)
+    shutil.copy(out / "target.json", killed)
+    shutil.copy(out / CHECKPOINTS / "step-0.pt", killed / CHECKPOINTS)
+    resumed = purify(badnets_model, data, cfg, killed, 10, evaluation, stop_after=2)
+    assert not resumed.finished and [r["step"] for r in resumed.history] == [0, 1, 2]
+    # step 2 resumed equals step 2 of the run that went straight through: weights, teacher, pools and scores
+    straight, again = (torch.load(d / CHECKPOINTS / "step-1.pt", weights_only=True) for d in (out, killed))
+    for key in ("student", "teacher"):
+        for name, tensor in straight[key].items():
+            torch.testing.assert_close(again[key][name], tensor, msg=f"{key}.{name}")
+    for key in ("clean", "poison", "scores", "spectre", "gated"):
+        torch.testing.assert_close(again[key], straight[key], equal_nan=True, msg=key)
+    assert resumed.history[2]["eval"] == result.history[2]["eval"]
+    # a finished run is not trained again: it returns its model and history as they were
+    done = tmp_path / "done"
+    shutil.copytree(out, done)
+    rerun = purify(badnets_model, data, cfg, done, 10, evaluation)
+    assert rerun.finished and [r["step"] for r in rerun.history] == [0, 1, 2, 3, 4, 5, 6]
+    assert rerun.history == result.history
+    for a, b in zip(result.model.state_dict().values(), rerun.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
 
