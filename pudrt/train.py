@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pudrt.errors import PudrtError
-from pudrt.io.datasets import LabelledImages, SkipCounter, iter_batches
+from pudrt.io.datasets import DecodedImages, LabelledImages
 from pudrt.models import CIFAR10_MEAN, CIFAR10_STD, Normalized, create_model
 from pudrt.progress import progress
 from pudrt.system import available_cores
@@ -88,33 +86,18 @@ def set_threads(threads: int | None) -> int:
 
 
 class Materialized:
-    """A dataset decoded once into a uint8 NCHW memmap in a temporary folder.
+    """A dataset decoded once (`DecodedImages`), read by row: `x` (uint8 NCHW memory map), `y`, `index`.
 
     Row i holds dataset sample `index[i]`: unreadable samples are skipped, so rows
     and dataset indices differ once one is.
     """
 
     def __init__(self, dataset: LabelledImages, batch_size: int = 512):
-        self._dir = tempfile.TemporaryDirectory(prefix="pudrt-train-")
-        skips = SkipCounter(dataset)
-        first = None
-        x = None
-        labels, index, n = [], [], 0
-        for batch in progress(iter_batches(dataset, batch_size, skips=skips), "decoding",
-                              total=-(-len(dataset) // batch_size)):
-            if first is None:
-                first = tuple(batch.x.shape[1:])
-                x = np.lib.format.open_memmap(Path(self._dir.name) / "x.npy", "w+", np.uint8, (len(dataset), *first))
-            x[n : n + len(batch.y)] = batch.x.numpy()
-            labels.append(batch.y.numpy())
-            index.append(batch.index.numpy())
-            n += len(batch.y)
-        if n == 0:
+        self.decoded = DecodedImages(dataset, batch_size)  # holds the memory map's folder
+        if len(self.decoded) == 0:
             raise PudrtError(f"{dataset.root}: no readable samples to train on")
-        self.x = x[:n]
-        self.y = np.concatenate(labels)
-        self.index = np.concatenate(index)
-        self.skipped = len(skips)
+        self.x, self.y, self.index = self.decoded.x, self.decoded.labels, self.decoded.index
+        self.skipped = self.decoded.skipped
 
     def __len__(self) -> int:
         return len(self.y)

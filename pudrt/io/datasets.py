@@ -21,6 +21,7 @@ import logging
 import os
 import struct
 import tarfile
+import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pudrt.errors import PudrtError
+from pudrt.progress import progress
 from pudrt.system import available_cores
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class LabelledImages(torch.utils.data.Dataset):
     labels: np.ndarray
     classes: list[str]
     root: Path
+    decoded = False
+    """Whether reading a sample is only an array lookup (`DecodedImages`): batches then need no worker processes."""
 
     def __init__(self, image_size: tuple[int, int] | None = None):
         self.image_size = image_size
@@ -149,9 +153,43 @@ class SubsetImages(LabelledImages):
         self.labels = parent.labels[idx]
         self.image_size = parent.image_size
         self.poison = parent.poison
+        self.decoded = parent.decoded
 
     def _read(self, i: int) -> bytes | np.ndarray:
         return self.parent._read(int(self._idx[i]))
+
+
+class DecodedImages(LabelledImages):
+    """The readable samples of another dataset, decoded once into a uint8 NCHW memory map in a temporary folder.
+
+    For data that is read many times (a purify run's training rows, its per-step metrics on the test data): after
+    this one pass nothing is decoded again. `x[i]` is sample `index[i]` of `parent`; unreadable samples are
+    reported once, counted in `skipped`, and left out.
+    """
+
+    decoded = True
+
+    def __init__(self, parent: LabelledImages, batch_size: int = 512, desc: str = "decoding"):
+        self._dir = tempfile.TemporaryDirectory(prefix="pudrt-decoded-")
+        skips = SkipCounter(parent)
+        x, index, n = None, [], 0
+        for batch in progress(iter_batches(parent, batch_size, skips=skips), desc,
+                              total=-(-len(parent) // batch_size)):
+            if x is None:
+                x = np.lib.format.open_memmap(Path(self._dir.name) / "x.npy", "w+", np.uint8,
+                                              (len(parent), *batch.x.shape[1:]))
+            x[n : n + len(batch.y)] = batch.x.numpy()
+            index.append(batch.index.numpy())
+            n += len(batch.y)
+        self.x = x[:n] if x is not None else np.zeros((0, 3, 0, 0), np.uint8)
+        self.index = np.concatenate(index) if index else np.zeros(0, np.int64)
+        self.skipped = len(skips)
+        self.root, self.classes, self.poison, self.image_size = parent.root, parent.classes, parent.poison, None
+        self.ids = [parent.ids[i] for i in self.index]
+        self.labels = np.asarray(parent.labels, np.int64)[self.index]
+
+    def _read(self, i: int) -> np.ndarray:
+        return self.x[i].transpose(1, 2, 0)
 
 
 def _decode(raw: bytes) -> np.ndarray:
@@ -597,8 +635,8 @@ def iter_batches(
 
     Bad samples are left out of the batches and added to `skips`.
     """
-    if workers is None:
-        workers = default_workers()
+    if workers is None:  # decoded data is an array lookup: worker processes would only add their start-up
+        workers = 0 if getattr(dataset, "decoded", False) else default_workers()
     subset = dataset if indices is None else torch.utils.data.Subset(dataset, np.asarray(indices).tolist())
     if len(subset) == 0:
         return

@@ -211,7 +211,7 @@ def negative_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
 
 
 @torch.no_grad()
-def forward_all(pair: nn.Module, data: Materialized, idx: np.ndarray | None = None, batch_size: int = 512,
+def forward_all(pair: nn.Module, data: Materialized, idx: np.ndarray | None = None, batch_size: int = 256,
                 desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate features of `pair` (x -> (logits, features)) on samples `idx` (default: all)."""
     modes = [(m, m.training) for m in pair.modules()]  # `pair` may share modules with a model being trained

@@ -203,7 +203,7 @@ def class_patterns(means: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def flip_rate(model: nn.Module, x: torch.Tensor, pattern: torch.Tensor, scale: float, cls: int,
-              batch_size: int = 500) -> float:
+              batch_size: int = 256) -> float:
     """Share of `x` that `model` reads as `cls` once `scale` × `pattern` is added."""
     hits = 0
     for i in range(0, len(x), batch_size):

@@ -16,7 +16,7 @@ from pudrt.attacks.base import PoisonAttack
 from pudrt.errors import PudrtError
 from pudrt.evaluate import adversarial_accuracy, attack_success_rate, predict
 from pudrt.io.atomic import atomic_path
-from pudrt.io.datasets import LabelledImages
+from pudrt.io.datasets import DecodedImages, LabelledImages
 from pudrt.purify.config import PurifyConfig
 from pudrt.train import Materialized
 
@@ -34,6 +34,10 @@ class Evaluation:
     adv_limit: int | None = 1000
     eps: float = 6 / 255
     steps: int = 7
+
+    def __post_init__(self) -> None:
+        if not self.test.decoded:  # read at every step: decode it once
+            self.test = DecodedImages(self.test, desc="decoding the test data")
 
     def __call__(self, model: nn.Module) -> dict:
         modes = [(m, m.training) for m in model.modules()]

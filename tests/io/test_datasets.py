@@ -9,7 +9,7 @@ from PIL import Image
 
 from pudrt.errors import PudrtError
 from pudrt.io import SkipCounter, iter_batches, open_dataset, resolve_data
-from pudrt.io.datasets import NpzDataset
+from pudrt.io.datasets import DecodedImages, NpzDataset
 from pudrt.io.writers import DatasetWriter
 
 
@@ -214,6 +214,26 @@ def test_dataset_root_with_splits_asks_which(tmp_path):
     with pytest.raises(PudrtError, match="say which one"):
         open_dataset(tmp_path)
     assert len(open_dataset(tmp_path, split="test")) == 6
+
+
+def test_decoded_images_read_the_same_batches_once_decoded_and_skip_the_bad_once(tmp_path, caplog):
+    root = _folder(tmp_path)
+    (root / "cat" / "bad.png").write_bytes(b"this is not a png")
+    (root / "poison.json").write_text(json.dumps({"poison_ids": ["dog/1.png", "cat/0.png"]}))
+    ds = open_dataset(root)
+    with caplog.at_level(logging.WARNING):
+        decoded = DecodedImages(ds)
+    assert decoded.skipped == 1 and "cat/bad.png" in caplog.text  # reported once, when decoded
+    assert decoded.decoded and not ds.decoded and decoded.subset([0, 1]).decoded
+    x, y, idx, skips = _read_all(ds)
+    dx, dy, didx, dskips = _read_all(decoded)
+    np.testing.assert_array_equal(dx, x)
+    np.testing.assert_array_equal(dy, y)
+    assert len(dskips) == 0 and decoded.index.tolist() == idx.tolist()
+    assert decoded.ids == [ds.ids[i] for i in idx] and decoded.classes == ds.classes
+    assert [decoded.ids[i] for i in decoded.poison_indices] == ["cat/0.png", "dog/1.png"]
+    (root / "dog" / "0.png").unlink()  # nothing is read from the source again
+    assert len(_read_all(decoded)[0]) == 6
 
 
 def test_poison_file_maps_ids_to_indices(tmp_path):
