@@ -17,6 +17,7 @@ and the table in benchmarks/RESULTS.md is rewritten.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -45,7 +46,11 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=None,
                    help="train and purify on this many poisoned training images per class (a stratified subset, "
                         "the same every run) instead of all 50,000; the test set stays whole")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="options",
+                   help="a purification setting (a PurifyConfig field) for every method, e.g. "
+                        "--set shared_pattern=false; repeatable; the row and its output folder name it")
     args = p.parse_args()
+    options = parse_options(args.options)
 
     from benchmarks_common import machine_info
 
@@ -56,6 +61,9 @@ def main() -> None:
     from pudrt.purify import Evaluation, PurifyConfig, purify
     from pudrt.train import TrainConfig, train_model
 
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(PurifyConfig)})
+    if unknown:
+        raise SystemExit(f"--set: PurifyConfig has no field {', '.join(unknown)}")
     info = machine_info()
     train = resolve_data(args.data, "train")
     test = resolve_data(args.data, "test")
@@ -78,8 +86,9 @@ def main() -> None:
         evaluation = Evaluation(test, attack, adv_limit=args.adv_samples)
         for method in args.methods.split(","):
             infected = load_model(model_path).net
-            cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale)
-            out = Path(args.work) / f"purified-{attack.name}{subset}-{args.arch}-{method}-{args.epochs_scale}"
+            cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale, **options)
+            named = "".join(f"-{k}={v}" for k, v in sorted(options.items()))
+            out = Path(args.work) / f"purified-{attack.name}{subset}-{args.arch}-{method}-{args.epochs_scale}{named}"
             t = time.perf_counter()
             res = purify(infected, poisoned, cfg, out, 10, evaluation, restart=True)
             minutes = (time.perf_counter() - t) / 60
@@ -93,7 +102,7 @@ def main() -> None:
             finish = res.history[-1].get("stage") == "finish"
             target_filter = next((r["spectre"] for r in reversed(res.history) if r.get("spectre")), None)
             row = {
-                "date": info["date"], "label": args.label, "attack": attack.name, "method": method,
+                "date": info["date"], "label": args.label, "attack": attack.name, "method": method, "options": options,
                 "arch": args.arch, "train_epochs": args.train_epochs, "epochs_scale": args.epochs_scale,
                 "train_samples": len(poisoned), "per_class": args.per_class,
                 "train_minutes": train_minutes, "before": res.before, "after": after,
@@ -114,6 +123,20 @@ def main() -> None:
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             write_results_md()
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings as PurifyConfig keyword arguments; a VALUE that reads as JSON (false, 3, 0.5) is that."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def target_accuracy(model, test, target: int) -> float:
@@ -150,6 +173,11 @@ def subset_note(row: dict) -> str:
     return f" ({row['per_class']:,}/class)" if row.get("per_class") else ""
 
 
+def options_note(row: dict) -> str:
+    options = row.get("options") or {}
+    return f" ({', '.join(f'{k}={json.dumps(v)}' for k, v in sorted(options.items()))})" if options else ""
+
+
 def write_results_md() -> None:
     rows = [json.loads(line) for line in open(RESULTS) if line.strip()]
     adv = "adv_acc@PGD-7/6"
@@ -172,7 +200,8 @@ def write_results_md() -> None:
         b, a = r["before"] or {}, r["after"] or {}
         cp, pp, ta = r.get("clean_pool") or {}, r.get("poison_pool") or {}, r.get("target_acc") or {}
         lines.append(
-            f"| {r['date']} | {r['attack']}{subset_note(r)} | {r['method']} | {r['arch']} | {r['epochs_scale']} | "
+            f"| {r['date']} | {r['attack']}{subset_note(r)} | {r['method']}{options_note(r)} | {r['arch']} | "
+            f"{r['epochs_scale']} | "
             f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))} | {_pct(b.get('asr'))}→{_pct(a.get('asr'))} | "
             f"{_pct(b.get(adv))}→{_pct(a.get(adv))} | {r['target_found']} (true {r['target_true']}) | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | "
