@@ -19,6 +19,16 @@ that ordinary confusions such as cat ↔ dog set the yardstick, not 1/K):
   fit of its penultimate features. Reported, and added when positive; on small,
   briefly trained models it separates poorly (heavy-tailed features), so it
   cannot name a class by itself.
+* **shared-pattern flips**: the share of other classes' images that the class's
+  shared pattern (pattern.py: the high-passed difference of its mean image from
+  the other classes'), added at up to 8× its size, turns into the class. A
+  test of cause, not of association: an additive trigger carried by half of
+  a class is in its mean image and does what the trigger does, while an
+  ordinary class's mean pattern turns little (resnet9w16 on 1,500 images per
+  class, 2026-11-29: the target 99-100% for BadNets, Blend and SIG, every
+  ordinary class 0.6-12.8%, median 2-5%). Added when positive, with a floor of
+  `PATTERN_FLOOR` on its spread so that natural flips count for little. A warp (WaNet)
+  is not additive and leaves no such pattern; its other evidence is strong.
 
 A class is named only when its summed evidence is large (≥ `MIN_SCORE`) *and*
 clearly ahead of every other class (by `MIN_GAP`): on a small model the
@@ -31,7 +41,7 @@ single target.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -40,6 +50,7 @@ import torch.nn as nn
 from pudrt.attacks.pgd import PGD
 from pudrt.progress import progress
 from pudrt.purify.loops import forward_all, pixels
+from pudrt.purify.pattern import SCALES, class_means, class_patterns, flip_rate
 from pudrt.purify.screening import patch_kl_scores
 from pudrt.scores import outlier_mass
 from pudrt.train import Materialized
@@ -55,6 +66,15 @@ MIN_GAP = 5.0
 """... and its lead over the runner-up (infected: 17-36 measured; clean: 0.5-2.3)."""
 ROBUST_QUANTILE = 0.05
 """Patch-KL quantile (over all attacked samples) below which a sample counts as barely moved."""
+PATTERN_ROWS = 500
+"""Other classes' images each class's shared pattern is tried on."""
+PATTERN_FLOOR = 0.1
+"""Least spread of the pattern flips across classes (the z-score's denominator): a class needs 10 points of flips
+above the median class for each unit of evidence. Measured on the 1,500-per-class BadNets resnet9w16 (2026-11-29),
+whose other evidence summed to 8.5 (a lead of 7.3) and named no class: class 0's pattern turned 13% / 51% / 94% /
+99% of other images into it at 1× / 2× / 4× / 8×, every other class's at most 5.8% (z 9.6 against at most 0.3;
+evidence 18.1 against 1.2). Blend and SIG targets: z 9.6 and 9.5; the most of an ordinary class: SIG's class 4,
+12.8% (z 0.8)."""
 SURVIVAL_FLOOR = 0.05
 """Least spread of survival across classes (the z-score's denominator). A clean model's classes differ in natural
 robustness: a clean resnet8 kept 10.3% of its attacked airplanes and 0% of every other class (2026-11-28, AMD EPYC
@@ -85,6 +105,10 @@ class TargetEvidence:
     robust_cut: float | None = None
     """Patch KL at the 5th percentile over all attacked samples (the robust_share cut); PUD gates the found
     target class with it (progressive.py). None in target.json files written before it existed."""
+    pattern_flip: list[float] = field(default_factory=list)
+    """Share of other classes' images that each class's shared pattern turns into it (the most over SCALES);
+    empty in target.json files written before it existed."""
+    pattern_z: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +148,33 @@ def adversarial_histogram(model: nn.Module, data: Materialized, idx: np.ndarray,
     return {"into": into, "possible": int(into.sum()) - from_src, "attacked": attacked, "survived": survived}
 
 
+@torch.no_grad()
+def pattern_flips(model: nn.Module, data: Materialized, classes: int, rows: int = PATTERN_ROWS,
+                  seed: int = 0) -> np.ndarray:
+    """Per class: the largest share, over SCALES, of `rows` images of other classes that the class's shared
+    pattern turns into it once added (0 for an empty class, and for all when fewer than 3 classes hold samples)."""
+    means = class_means(data, classes)
+    present = [c for c in range(classes) if not np.isnan(means[c]).any()]
+    out = np.zeros(classes)
+    if len(present) < 3:
+        return out
+    patterns = np.zeros_like(means, dtype=np.float32)
+    patterns[present] = class_patterns(means[present])
+    rng = np.random.default_rng(seed)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for c in progress(present, "target discovery (shared patterns)"):
+            others = np.flatnonzero(data.y != c)
+            x, _ = pixels(data, np.sort(rng.choice(others, min(rows, len(others)), replace=False)))
+            pattern = torch.from_numpy(patterns[c])
+            out[c] = max(flip_rate(model, x, pattern, s, c) for s in SCALES)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return out
+
+
 def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, classes: int, eps: float = 8 / 255,
                     steps: int = 10, samples: int = 2000, per_class_features: int = 1000, kl_eps: float = 16 / 255,
                     kl_radius: int = 4, seed: int = 0) -> TargetEvidence:
@@ -161,7 +212,9 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
             _, feats = forward_all(pair, data, np.sort(feat_pick[c]), desc=f"features of class {c}")
             mass[c], _ = outlier_mass(feats)
     mass_z = _robust_z(mass, floor=0.02)
-    score = flip_z + survival_z + robust_z + np.maximum(mass_z, 0)
+    pattern = pattern_flips(model, data, classes, seed=seed)
+    pattern_z = _robust_z(pattern, floor=PATTERN_FLOOR)
+    score = flip_z + survival_z + robust_z + np.maximum(mass_z, 0) + np.maximum(pattern_z, 0)
     order = np.argsort(-score)
     best, runner_up = int(order[0]), float(score[order[1]]) if classes > 1 else 0.0
     evidence = (f"{share[best]:.0%} of untargeted PGD flips from other classes land in class {best} (median class "
@@ -169,7 +222,8 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
                 f"(median {np.median(survival):.0%}, z={survival_z[best]:.1f}); {robust[best]:.0%} barely move "
                 f"under a patch perturbation (median {np.median(robust):.0%}, z={robust_z[best]:.1f}); "
                 f"{mass[best]:.0%} lie outside a robust fit of its features (median {np.median(mass):.0%}, "
-                f"z={mass_z[best]:.1f})")
+                f"z={mass_z[best]:.1f}); its shared pattern turns {pattern[best]:.0%} of other images into it "
+                f"(median class {np.median(pattern):.0%}, z={pattern_z[best]:.1f})")
     if score[best] >= MIN_SCORE and score[best] - runner_up >= MIN_GAP:
         target = best
         statement = f"class {best}: {evidence}; evidence {score[best]:.1f} vs {runner_up:.1f} for the next class"
@@ -183,4 +237,4 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
                           survival.round(4).tolist(), survival_z.round(2).tolist(), robust.round(4).tolist(),
                           robust_z.round(2).tolist(), mass.round(4).tolist(),
                           mass_z.round(2).tolist(), score.round(2).tolist(), int(h["attacked"].sum()),
-                          int(into.sum()), cut)
+                          int(into.sum()), cut, pattern.round(4).tolist(), pattern_z.round(2).tolist())
