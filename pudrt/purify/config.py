@@ -108,8 +108,15 @@ class PurifyConfig:
     """Half-width of the random square patch the KL perturbation may touch."""
     kl_eps: float = 16 / 255
     seed_share: float = 0.1
-    """AdvrBD: share of DATA with the highest KL taken as the first clean picks."""
-    enhance_epochs: int = 5
+    """AdvrBD: share of each class with the highest KL taken as the first clean picks."""
+    suspect_share: float = 0.05
+    """AdvrBD: share of DATA with the lowest KL that the enhanced copy learns (advrbd.py)."""
+    enhance_passes: int = 1
+    """AdvrBD: passes over the picks in backdoor enhancement (not scaled by `epochs_scale`) ..."""
+    enhance_min_steps: int = 12
+    """... and at least this many optimizer steps (12 batches made one pass on 15,000 rows)."""
+    enhance_cut: float = 0.999
+    """AdvrBD: the enhanced copy's probability of a row's label above which the row is a poison."""
     clean_epochs: int = 15
     relearn_epochs: int = 5
     seed: int = 0
@@ -141,6 +148,11 @@ class PurifyConfig:
             raise PudrtError(f"gate passes and weight must be >= 0, got {self.gate_passes}, {self.gate_weight}")
         if not 0 < self.pattern_share <= 1:
             raise PudrtError(f"pattern_share must be in (0, 1], got {self.pattern_share}")
+        if not (0 < self.seed_share < 1 and 0 < self.suspect_share < 1 and 0 < self.enhance_cut < 1):
+            raise PudrtError(f"AdvrBD's seed_share, suspect_share and enhance_cut must lie in (0, 1), got "
+                             f"{self.seed_share}, {self.suspect_share}, {self.enhance_cut}")
+        if self.enhance_passes < 1:
+            raise PudrtError(f"enhance_passes must be at least 1, got {self.enhance_passes}")
         if self.batch_size < 2:
             raise PudrtError(f"--batch-size must be at least 2, got {self.batch_size}")
 
