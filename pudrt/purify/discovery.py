@@ -50,7 +50,7 @@ import torch.nn as nn
 from pudrt.attacks.pgd import PGD
 from pudrt.progress import progress
 from pudrt.purify.loops import forward_all, pixels
-from pudrt.purify.pattern import SCALES, class_means, class_patterns, flip_rate
+from pudrt.purify.pattern import SCALES, every_class_pattern, flip_rate
 from pudrt.purify.screening import patch_kl_scores
 from pudrt.scores import outlier_mass
 from pudrt.train import Materialized
@@ -153,13 +153,10 @@ def pattern_flips(model: nn.Module, data: Materialized, classes: int, rows: int 
                   seed: int = 0) -> np.ndarray:
     """Per class: the largest share, over SCALES, of `rows` images of other classes that the class's shared
     pattern turns into it once added (0 for an empty class, and for all when fewer than 3 classes hold samples)."""
-    means = class_means(data, classes)
-    present = [c for c in range(classes) if not np.isnan(means[c]).any()]
+    patterns, present = every_class_pattern(data, classes)
     out = np.zeros(classes)
     if len(present) < 3:
         return out
-    patterns = np.zeros_like(means, dtype=np.float32)
-    patterns[present] = class_patterns(means[present])
     rng = np.random.default_rng(seed)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()

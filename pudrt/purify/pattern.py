@@ -201,6 +201,17 @@ def class_patterns(means: np.ndarray) -> np.ndarray:
     return np.stack([high_pass(means[c] - np.nanmedian(np.delete(means, c, 0), 0)) for c in range(k)])
 
 
+def every_class_pattern(data, num_classes: int) -> tuple[np.ndarray, list[int]]:
+    """`class_patterns` of the classes that hold samples (float32, zeros for an empty class; all zeros when fewer
+    than 3 hold samples), and those classes."""
+    means = class_means(data, num_classes)
+    present = [c for c in range(num_classes) if not np.isnan(means[c]).any()]
+    patterns = np.zeros_like(means, dtype=np.float32)
+    if len(present) >= 3:
+        patterns[present] = class_patterns(means[present])
+    return patterns, present
+
+
 @torch.no_grad()
 def flip_rate(model: nn.Module, x: torch.Tensor, pattern: torch.Tensor, scale: float, cls: int,
               batch_size: int = 256) -> float:
@@ -215,13 +226,10 @@ def flip_rate(model: nn.Module, x: torch.Tensor, pattern: torch.Tensor, scale: f
 
 def shared_pattern(infected: nn.Module, data, target: int, num_classes: int, seed: int = 0) -> SharedPattern:
     """The target class's shared pattern, checked against the infected model (module docstring)."""
-    means = class_means(data, num_classes)
-    present = [c for c in range(num_classes) if not np.isnan(means[c]).any()]
+    patterns, present = every_class_pattern(data, num_classes)
     if target not in present or len(present) < 3:
         why = "the target class is empty" if target not in present else "fewer than 3 classes hold samples"
         return SharedPattern(target, torch.zeros(data.x.shape[1:]), None, {"skipped": why})
-    patterns = np.zeros_like(means, dtype=np.float32)
-    patterns[present] = class_patterns(means[present])
     rng = np.random.default_rng(seed)
     modes = [(m, m.training) for m in infected.modules()]
     infected.eval()
