@@ -5,11 +5,10 @@ from pudrt.models import CIFAR10_MEAN, CIFAR10_STD, Normalized, create_model
 
 
 @pytest.fixture(scope="session")
-def trained_resnet8(train_data):
-    """A resnet8 trained briefly on the embedded data: accurate enough that attacks and INT8 have work to do."""
-    from pudrt.train import TrainConfig, train_model
-
-    return train_model(train_data, TrainConfig(arch="resnet8", epochs=2, lr=0.1, batch_size=128, augment=False)).model
+def trained_resnet8(clean_model):
+    """A resnet8 trained briefly on the embedded data (the suite's clean model): accurate enough that attacks and
+    INT8 have work to do."""
+    return clean_model
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_training_on_pattern_copies_unlearns_sig(sig_model, sig_rows, test_data)
     before = attack_success_rate(sig_model, test_data, attack)
     assert before >= 0.5, before  # the quick model did learn the sinusoid
     found = shared_pattern(sig_model, sig_rows, 0, 10)
-    clean_rows = np.arange(len(sig_rows))  # all of the data: every airplane carries the sinusoid
+    clean_rows = np.arange(0, len(sig_rows), 2)  # every other row, to keep the suite short: every airplane carries it
     results = {}
 
     def with_copies(x, y, g):

@@ -37,8 +37,8 @@ def test_target_discovery_names_the_blend_target(blend_model, blend_data):
 def pud_run(badnets_model, badnets_data, test_data, tmp_path_factory):
     """One complete quick PUD run on half of the BadNets data, with its folder and step checkpoints kept."""
     out = tmp_path_factory.mktemp("pud")
-    evaluation = Evaluation(test_data, BadNets(), adv_limit=200)
-    data = badnets_data.per_class(500)  # half of the data; 270 of class 0's 500 are poisons
+    evaluation = Evaluation(test_data.per_class(100), BadNets(), adv_limit=200)
+    data = badnets_data.per_class(300)  # 30% of the data, to keep the suite short
     result = purify(badnets_model, data, PurifyConfig.for_method("pud", **QUICK_PUD), out, 10, evaluation)
     return result, out, data, evaluation
 
@@ -154,8 +154,8 @@ def test_anchors_are_the_target_rows_of_a_screened_first_pool_only():
 
 def test_a_clean_model_comes_out_about_as_accurate(clean_model, train_data, test_data, tmp_path):
     before = clean_accuracy(clean_model, test_data)
-    result = purify(clean_model, train_data.per_class(500), PurifyConfig.for_method("pud", **QUICK_PUD), tmp_path,
-                    10)
+    cfg = PurifyConfig.for_method("pud", **{**QUICK_PUD, "discovery_samples": 500})
+    result = purify(clean_model, train_data.per_class(200), cfg, tmp_path, 10)
     assert result.target.target_class is None and result.target.statement.startswith("none")
     assert max(result.target.pattern_flip) < 0.5, result.target.pattern_flip  # no class pattern acts as a trigger
     assert clean_accuracy(result.model, test_data) >= before - 0.10
