@@ -70,3 +70,44 @@ def test_torch_pgd_lowers_accuracy_and_stays_in_the_ball(trained_resnet8, batch)
 def test_unknown_graph_kind_is_explained(random_model, tmp_path, batch):
     with pytest.raises(PudrtError, match="unknown gradient graph"):
         export_grad_graph(random_model("resnet8"), tmp_path / "g.onnx", batch[0][:2], "hessian")
+
+
+def test_pgd_steps_are_chained_copies_of_one_step_sharing_the_weights(tmp_path):
+    # a stand-in step: x_adv = min(start + alpha·w, input + eps), logits = Σ x_adv·w + label; 3 steps from 0 with
+    # w = 2, alpha = 0.5 reach x_adv = 3 and logits = 3 · (3 · 2)
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pudrt.engine import OrtRunner
+    from pudrt.engine.grad import chain_steps
+
+    w = numpy_helper.from_array(np.full((1, 3, 1, 1), 2.0, np.float32), "w")
+    nodes = [helper.make_node("Mul", ["alpha", "w"], ["step"]),
+             helper.make_node("Add", ["start", "step"], ["moved"]),
+             helper.make_node("Add", ["input", "eps"], ["upper"]),
+             helper.make_node("Min", ["moved", "upper"], ["x_adv"]),
+             helper.make_node("Mul", ["x_adv", "w"], ["scaled"]),
+             helper.make_node("ReduceSum", ["scaled"], ["summed"], keepdims=0, axes=[1, 2, 3]),
+             helper.make_node("Add", ["summed", "label"], ["logits"])]
+    image = ["b", 3, 1, 1]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+          (("input", image), ("label", ["b"]), ("start", image), ("eps", []), ("alpha", []))]
+    out = [helper.make_tensor_value_info("x_adv", TensorProto.FLOAT, image),
+           helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b"])]
+    step = helper.make_model(helper.make_graph(nodes, "step", io, out, [w]),
+                             opset_imports=[helper.make_opsetid("", 11)])
+    chained = chain_steps(step, 3)
+    assert len(chained.graph.initializer) == 1  # the weights are shared, not copied per step
+    assert sum(n.op_type == "ReduceSum" for n in chained.graph.node) == 1  # only the last step computes logits
+    # alpha·w and input + eps change in no step: computed once; the step's own Add and Min once per step
+    ops = [n.op_type for n in chained.graph.node]
+    assert ops.count("Mul") == 2 and ops.count("Min") == 3 and ops.count("Add") == 3 + 1 + 1, ops
+    onnx.save(chained, tmp_path / "c.onnx")
+    zeros = np.zeros((2, 3, 1, 1), np.float32)
+    with OrtRunner(tmp_path / "c.onnx", device="cpu") as runner:
+        got = runner(zeros, label=np.zeros(2, np.float32), start=zeros, eps=np.float32(10), alpha=np.float32(0.5))
+        np.testing.assert_allclose(got["x_adv"], np.full((2, 3, 1, 1), 3.0))
+        np.testing.assert_allclose(got["logits"], np.full(2, 18.0))
+        # the projection of every step is there: with eps 1 the steps stop at input + 1
+        assert runner(zeros, label=np.zeros(2, np.float32), start=zeros, eps=np.float32(1),
+                      alpha=np.float32(0.5))["x_adv"].max() == 1.0
