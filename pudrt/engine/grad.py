@@ -231,7 +231,6 @@ def export_grad_graph(model: nn.Module, path: str | os.PathLike, example: torch.
     if len(x) < 2:
         x = torch.cat([x, x])
     y = torch.zeros(len(x), dtype=torch.long)
-    fn = None
     if kind == "ce":
         fn, args, names, outputs = ce_grad_fn(pair), (x, y), ["input", "label"], ["grad"]
     elif kind == "kl":
@@ -240,7 +239,7 @@ def export_grad_graph(model: nn.Module, path: str | os.PathLike, example: torch.
         if steps < 0:
             raise PudrtError(f"a PGD graph needs steps >= 0, got {steps}")
         eps, alpha = torch.tensor(6 / 255), torch.tensor(1.2 / 255)
-        args = (x, y, x.clone(), eps, alpha)
+        fn, args = pgd_fn(pair, steps), (x, y, x.clone(), eps, alpha)
         names, outputs = ["input", "label", "start", "eps", "alpha"], ["x_adv", "logits"]
     if isinstance(pair, torch.jit.ScriptModule):
         raise PudrtError("gradient graphs are traced through torch.func, which cannot run TorchScript; export the "
@@ -250,8 +249,7 @@ def export_grad_graph(model: nn.Module, path: str | os.PathLike, example: torch.
         if kind == "pgd" and steps > 1:
             _export_pgd(pair, steps, args, names, outputs, opset, tmp, dense)
         else:
-            _export_traced(pgd_fn(pair, steps) if kind == "pgd" else fn, args, names, outputs, kind, opset, tmp,
-                           dense)
+            _export_traced(fn, args, names, outputs, kind, opset, tmp, dense)
     return path
 
 
