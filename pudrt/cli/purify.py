@@ -41,13 +41,14 @@ def purify(
                                                    "of the clean pools and unlearn them (pudrt's addition; "
                                                    "--no-target-gate --no-shared-pattern --finish-epochs 0 runs "
                                                    "the authors' PUD).")] = True,
-    shared_pattern: Annotated[bool, typer.Option(help="PUD: if the found target class's images share an additive "
-                                                      "pattern that the model reads as a trigger, train on other "
-                                                      "classes' images carrying it under their own labels (pudrt's "
-                                                      "addition, for clean-label attacks such as SIG).")] = True,
-    pattern_restore: Annotated[bool, typer.Option(help="PUD: when nearly every image of the found target class "
-                                                       "carries that pattern (a clean-label attack), train on them "
-                                                       "with the pattern taken out.")] = True,
+    shared_pattern: Annotated[bool, typer.Option(help="PUD and AdvrBD: if the found target class's images share "
+                                                      "an additive pattern that the model reads as a trigger, "
+                                                      "train on other classes' images carrying it under their own "
+                                                      "labels (pudrt's addition, for clean-label attacks such as "
+                                                      "SIG; AdvrBD uses it only for those).")] = True,
+    pattern_restore: Annotated[bool, typer.Option(help="PUD and AdvrBD: when nearly every image of the found target "
+                                                       "class carries that pattern (a clean-label attack), train on "
+                                                       "them with the pattern taken out.")] = True,
     target_fit: Annotated[str, typer.Option(help="PUD: how the found target class is filtered: anchored (a fit on "
                                                  "its rows in the KL-screened first pool, the default) or spectre "
                                                  "(the authors' SPECTRE).")] = "anchored",

@@ -28,6 +28,19 @@ probability ranks poisons above clean rows with AUROC 0.999; above 0.999 sit 728
 rows, 96.8% poisons, 96.4% of them (poisons' 1st percentile 0.990, clean rows'
 99th 0.996; the argmax split would call 8,026 rows poisons). Iterating (learning
 what the copy gets right, unlearning what it gets wrong) made the split worse.
+
+A clean-label attack breaks stage 4: SIG puts its signal on every image of the
+target class, so stage 2 rightly finds the whole class poisoned, stage 3's
+model never sees a clean airplane and relabelling moves them all to other
+classes (1,500 SIG images per class, resnet9w16: ASR 99.3% -> 0.8%, but 0% of
+the test airplanes recognised before and after). With `cfg.shared_pattern`
+AdvrBD therefore uses PUD's shared pattern (pattern.py) of the class target
+discovery found: when nearly every row of the class carries it, stages 3 and 4
+train on those rows with the pattern taken out, under their own label (they are
+not relabelled), plus copies of other classes' rows carrying it under their own
+labels. A dirty-label class is left to the relabelling, which already removes
+its trigger (Blend and BadNets, benchmarks/RESULTS.md), so its pattern is only
+reported.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from pudrt.models import as_pair
 from pudrt.progress import progress
 from pudrt.purify.config import PurifyConfig
 from pudrt.purify.loops import (
+    Copies,
     clone_trainable,
     finetune_epoch,
     forward_all,
@@ -52,6 +66,7 @@ from pudrt.purify.loops import (
     pixels,
     shuffled_batches,
 )
+from pudrt.purify.pattern import RestoredRows, SharedPattern, shared_pattern
 from pudrt.purify.progressive import Pools
 from pudrt.purify.screening import patch_kl_scores, pick_per_class
 from pudrt.purify.session import Session
@@ -111,20 +126,38 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
 
 
 def train_epochs(model: nn.Module, data, idx: np.ndarray, epochs: int, lr: float, cfg: PurifyConfig,
-                 gen: torch.Generator, labels: np.ndarray | None = None, desc: str = "training") -> list[dict]:
-    """SGD with a cosine schedule over `epochs` epochs on rows `idx`."""
+                 gen: torch.Generator, labels: np.ndarray | None = None, copies: Copies | None = None,
+                 desc: str = "training") -> list[dict]:
+    """SGD with a cosine schedule over `epochs` epochs on rows `idx` (with `copies`, loops.finetune_epoch's)."""
     opt = make_optimizer(model, lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     rows = []
     for e in range(epochs):
         rows.append(finetune_epoch(model, opt, data, idx, gen, cfg.batch_size, augment=cfg.augment, labels=labels,
-                                   desc=f"{desc} epoch {e + 1}/{epochs}"))
+                                   copies=copies, desc=f"{desc} epoch {e + 1}/{epochs}"))
         sched.step()
     return rows
 
 
-def advrbd(infected: nn.Module, session: Session, classes: int) -> tuple[nn.Module, Pools]:
-    """The four stages, each checkpointed (stage k is `checkpoints/step-k.pt`), so a killed run resumes."""
+def clean_label_pattern(infected: nn.Module, data, target: int | None, cfg: PurifyConfig, classes: int
+                        ) -> SharedPattern | None:
+    """The found target class's shared pattern when AdvrBD uses it (a clean-label class: `restores`); a pattern
+    carrying only its evidence (`scale` None, "skipped" saying why) when it is a trigger of a dirty-label class;
+    None when there is no target or `cfg.shared_pattern` is off."""
+    if not cfg.shared_pattern or target is None:
+        return None
+    found = shared_pattern(infected, data, target, classes, seed=cfg.seed)
+    if found.scale is None or (found.restores and cfg.pattern_restore):
+        return found
+    return SharedPattern(target, found.pattern, None, {
+        **found.evidence, "skipped": "AdvrBD uses the pattern only when nearly the whole class carries it (a "
+                                     "clean-label attack); here relabelling the found poisons removes the trigger"})
+
+
+def advrbd(infected: nn.Module, session: Session, classes: int, target: int | None = None
+           ) -> tuple[nn.Module, Pools]:
+    """The four stages, each checkpointed (stage k is `checkpoints/step-k.pt`), so a killed run resumes.
+    `target` is target discovery's class, whose shared pattern stages 3 and 4 use for a clean-label attack."""
     cfg = session.cfg
     data = session.data
     blob = session.latest()
@@ -157,26 +190,37 @@ def advrbd(infected: nn.Module, session: Session, classes: int) -> tuple[nn.Modu
     poison = np.setdiff1d(np.arange(len(data)), clean)
     state = {"kl": kl, "picks": picks, "suspects": suspects, "clean": clean, "p_label": p_label}
 
+    # the pattern is re-estimated on resume (seconds), but not for a run that has ended
+    pattern = clean_label_pattern(infected, data, target, cfg, classes) if done < 3 else None
+    restoring = pattern is not None and pattern.scale is not None
+    restored = np.flatnonzero(data.y == target) if restoring else np.zeros(0, np.int64)
+    rows = RestoredRows(data, pattern) if restoring else data  # what the training loops read
+    copies = (lambda x, y, g: pattern.copies(x, y, cfg.pattern_share, g)) if restoring else None
+    relabel = np.setdiff1d(poison, restored)  # restored rows keep their (correct) label
+
     model = fresh_copy(infected, cfg.seed)
     if done >= 2:
         model.load_state_dict(blob["model"])
     else:
-        epochs = train_epochs(model, data, clean, cfg.scaled(cfg.clean_epochs), 0.1, cfg, stage_gen(2),
-                              desc="AdvrBD: clean model")
-        session.record({"step": 3, "stage": "clean-model", "epochs": epochs}, model)
+        epochs = train_epochs(model, rows, np.union1d(clean, restored), cfg.scaled(cfg.clean_epochs), 0.1, cfg,
+                              stage_gen(2), copies=copies, desc="AdvrBD: clean model")
+        row = {"step": 3, "stage": "clean-model", "epochs": epochs}
+        if pattern is not None:
+            row["shared_pattern"] = {**pattern.evidence, "restored_rows": len(restored)}
+        session.record(row, model)
         session.save(2, {**state, "model": model})
 
     if done >= 3:
         model.load_state_dict(blob["model"])
     else:
         labels = data.y.copy()
-        if len(poison):
-            logits, _ = forward_all(as_pair(model), data, poison, desc="AdvrBD: relabelling")
-            labels[poison] = logits.argmax(1)
-        epochs = train_epochs(model, data, np.arange(len(data)), cfg.scaled(cfg.relearn_epochs), cfg.lr, cfg,
-                              stage_gen(3), labels=labels, desc="AdvrBD: relearning")
-        session.record({"step": 4, "stage": "relabel-relearn",
-                        "relabelled": int(np.sum(labels[poison] != data.y[poison])), "epochs": epochs}, model)
+        if len(relabel):
+            logits, _ = forward_all(as_pair(model), data, relabel, desc="AdvrBD: relabelling")
+            labels[relabel] = logits.argmax(1)
+        epochs = train_epochs(model, rows, np.arange(len(data)), cfg.scaled(cfg.relearn_epochs), cfg.lr, cfg,
+                              stage_gen(3), labels=labels, copies=copies, desc="AdvrBD: relearning")
+        session.record({"step": 4, "stage": "relabel-relearn", "restored": len(restored),
+                        "relabelled": int(np.sum(labels[relabel] != data.y[relabel])), "epochs": epochs}, model)
         session.save(3, {**state, "model": model})
     # score: 1 - the enhanced copy's probability of the label (higher = more likely clean)
     return model.eval(), Pools(clean, poison, 1.0 - p_label.astype(np.float64), np.full(len(data), np.nan))

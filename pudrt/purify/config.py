@@ -82,7 +82,7 @@ class PurifyConfig:
     difference of class means), and if the infected model reads it as a trigger, train on copies of non-target
     rows carrying it under their own labels in every epoch (pattern.py). Not in the authors' method; it is what a
     clean-label attack (SIG: the signal is on every target-class image, so no clean part of the class exists)
-    needs."""
+    needs. AdvrBD uses it only for such a clean-label class (advrbd.py)."""
     pattern_share: float = 0.5
     """Pattern copies per batch, as a share of the batch size (drawn from its non-target rows)."""
     pattern_restore: bool = True
@@ -159,13 +159,14 @@ class PurifyConfig:
     @classmethod
     def for_method(cls, method: str, **overrides) -> PurifyConfig:
         """PUD: 5 steps, teacher, SPECTRE, unlearning, target gate, shared pattern, finish. PBE: 4 steps,
-        lr 0.001, none of those. AdvrBD: its own four stages (the progressive fields are unused)."""
+        lr 0.001, none of those. AdvrBD: its own four stages (the progressive fields are unused) and, for a
+        clean-label class, the shared pattern (advrbd.py)."""
         presets = {
             "pud": {},
             "pbe": dict(epochs=(10, 10, 10, 10), rates=(0.2, 0.5, 0.7), lr=0.001, teacher=False, spectre=False,
                         unlearn=False, target_gate=False, shared_pattern=False, finish_epochs=0),
             "advrbd": dict(epochs=(), rates=(), teacher=False, spectre=False, unlearn=False, target_gate=False,
-                           shared_pattern=False, finish_epochs=0),
+                           finish_epochs=0),
         }
         if method not in presets:
             raise PudrtError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")

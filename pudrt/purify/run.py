@@ -91,7 +91,7 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
         student, pools = progressive_purify(clone_trainable(infected), infected, session, target, stop_after)
         finished = len(session.history) and session.history[-1].get("step") == last_step(cfg)
     else:
-        student, pools = advrbd(infected, session, num_classes)
+        student, pools = advrbd(infected, session, num_classes, target.target_class)
         finished = True  # AdvrBD has no --stop-after; its four stages always run to the end
     student.eval()
     result = PurifyResult(student, data.index[pools.clean], data.index[pools.poison], target, session.history,

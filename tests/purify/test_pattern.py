@@ -132,7 +132,8 @@ def test_a_dirty_label_class_is_never_restored(attack, request):
 def test_pattern_options_are_validated():
     with pytest.raises(PudrtError, match="pattern_share"):
         PurifyConfig.for_method("pud", pattern_share=0)
-    assert not PurifyConfig.for_method("pbe").shared_pattern and not PurifyConfig.for_method("advrbd").shared_pattern
+    assert not PurifyConfig.for_method("pbe").shared_pattern  # the authors' PBE, as published
+    assert PurifyConfig.for_method("advrbd").shared_pattern  # used for a clean-label class only (advrbd.py)
 
 
 def test_the_summary_says_what_was_done_with_the_pattern():
@@ -160,3 +161,20 @@ def test_restored_rows_join_the_clean_pool_in_proportion():
     # as many restored rows as the other classes hold on average, the first of their fixed order; none poisoned
     assert np.array_equal(np.sort(pools.clean[labels[pools.clean] == 0]), np.sort(restored[:20]))
     assert pools.poison.tolist() == [399]
+
+
+def test_advrbd_restores_a_clean_label_class_instead_of_relabelling_it(sig_model, sig_data, test_data, tmp_path):
+    # Without the pattern, AdvrBD finds every airplane poisoned and relabels them all: the purified model never
+    # answers "airplane" (1,500 SIG images per class, resnet9w16: 0% of the test airplanes before and after).
+    from pudrt.purify import Evaluation, purify
+
+    cfg = PurifyConfig.for_method("advrbd", epochs_scale=0.2, discovery_samples=500)
+    data = sig_data.per_class(200)
+    result = purify(sig_model, data, cfg, tmp_path, 10, Evaluation(test_data.per_class(100), SIG(), adv_limit=50))
+    assert result.target.target_class == 0, result.target.statement
+    found = result.history[3]["shared_pattern"]
+    assert found["restores"] and found["restored_rows"] == 200, found
+    last = result.history[-1]
+    assert last["restored"] == 200 and last["relabelled"] < 200, last  # the airplanes keep their label
+    assert last["eval"]["asr"] <= result.before["asr"] / 2, (result.before, last["eval"])
+    assert last["eval"]["target_class_acc"] >= 0.2, last["eval"]  # airplanes are recognised again
