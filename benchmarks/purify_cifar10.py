@@ -49,6 +49,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a purification setting (a PurifyConfig field) for every method, e.g. "
                         "--set shared_pattern=false; repeatable; the row and its output folder name it")
+    p.add_argument("--min-asr", type=float, default=0.5,
+                   help="skip an attack whose infected model's ASR is below this (the backdoor did not take, so a "
+                        "purification row would measure nothing); 0 purifies regardless")
     args = p.parse_args()
     options = parse_options(args.options)
 
@@ -56,6 +59,7 @@ def main() -> None:
 
     from pudrt.attacks import create_attack
     from pudrt.attacks.poison import poison_dataset
+    from pudrt.evaluate import attack_success_rate
     from pudrt.io import open_dataset, resolve_data
     from pudrt.io.models import load_model, save_model
     from pudrt.purify import Evaluation, PurifyConfig, purify
@@ -83,6 +87,12 @@ def main() -> None:
             save_model(result.model, model_path, args.arch, 10)
             train_minutes = round(result.seconds / 60, 1)
             print(f"trained {model_path.name} in {train_minutes} min", flush=True)
+        infected_asr = attack_success_rate(load_model(model_path).net.eval(), test, attack)
+        if infected_asr < args.min_asr:
+            print(f"skipping {attack.name}: {model_path.name} has ASR {infected_asr:.1%} < --min-asr "
+                  f"{args.min_asr:.0%}, so the backdoor did not take and purifying it would measure nothing; train "
+                  f"it longer (delete it and pass a larger --train-epochs) or use more data", flush=True)
+            continue
         evaluation = Evaluation(test, attack, adv_limit=args.adv_samples)
         for method in args.methods.split(","):
             infected = load_model(model_path).net
