@@ -55,6 +55,9 @@ def purify(
     finish_epochs: Annotated[int | None, typer.Option(help="PUD: clean epochs after the last unlearning, learning "
                                                           "rate annealed to 0 (default 1; 0 ends as the authors' "
                                                           "PUD does).")] = None,
+    relearn_adv_epochs: Annotated[int, typer.Option(help="AdvrBD: train the last this many relearning epochs on "
+                                                        "PGD examples (pudrt's addition, for adv_acc; each costs "
+                                                        "about 8 plain epochs).")] = 0,
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: the method's).")] = None,
     clean_weight: Annotated[float, typer.Option(help="Mix this weight of clean-image loss into adversarial "
                                                      "epochs (0 = the authors' pure PGD fine-tuning).")] = 0.0,
@@ -79,7 +82,8 @@ def purify(
 
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
                                   clean_weight=clean_weight, initial_pool=initial_pool, target_fit=target_fit,
-                                  threads=threads, **({"lr": lr} if lr is not None else {}),
+                                  threads=threads, relearn_adv_epochs=relearn_adv_epochs,
+                                  **({"lr": lr} if lr is not None else {}),
                                   **({"finish_epochs": finish_epochs} if finish_epochs is not None else {}),
                                   **({} if target_gate else {"target_gate": False}),
                                   **({} if shared_pattern else {"shared_pattern": False}),

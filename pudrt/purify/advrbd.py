@@ -53,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pudrt.attacks.pgd import PGD
 from pudrt.errors import PudrtError
 from pudrt.models import as_pair
 from pudrt.progress import progress
@@ -127,14 +128,18 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
 
 def train_epochs(model: nn.Module, data, idx: np.ndarray, epochs: int, lr: float, cfg: PurifyConfig,
                  gen: torch.Generator, labels: np.ndarray | None = None, copies: Copies | None = None,
-                 desc: str = "training") -> list[dict]:
-    """SGD with a cosine schedule over `epochs` epochs on rows `idx` (with `copies`, loops.finetune_epoch's)."""
+                 adv_epochs: int = 0, desc: str = "training") -> list[dict]:
+    """SGD with a cosine schedule over `epochs` epochs on rows `idx` (with `copies`, loops.finetune_epoch's); the
+    last `adv_epochs` of them train on PGD examples (`cfg.eps`, `cfg.steps`) under the rows' labels."""
     opt = make_optimizer(model, lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    pgd = PGD(model, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.steps) if adv_epochs else None
     rows = []
     for e in range(epochs):
         rows.append(finetune_epoch(model, opt, data, idx, gen, cfg.batch_size, augment=cfg.augment, labels=labels,
-                                   copies=copies, desc=f"{desc} epoch {e + 1}/{epochs}"))
+                                   pgd=pgd if e >= epochs - adv_epochs else None, clean_weight=cfg.clean_weight,
+                                   copies=copies,
+                                   desc=f"{desc} epoch {e + 1}/{epochs}"))
         sched.step()
     return rows
 
@@ -218,7 +223,9 @@ def advrbd(infected: nn.Module, session: Session, classes: int, target: int | No
             logits, _ = forward_all(as_pair(model), data, relabel, desc="AdvrBD: relabelling")
             labels[relabel] = logits.argmax(1)
         epochs = train_epochs(model, rows, np.arange(len(data)), cfg.scaled(cfg.relearn_epochs), cfg.lr, cfg,
-                              stage_gen(3), labels=labels, copies=copies, desc="AdvrBD: relearning")
+                              stage_gen(3), labels=labels, copies=copies,
+                              adv_epochs=min(cfg.relearn_adv_epochs, cfg.scaled(cfg.relearn_epochs)),
+                              desc="AdvrBD: relearning")
         session.record({"step": 4, "stage": "relabel-relearn", "restored": len(restored),
                         "relabelled": int(np.sum(labels[relabel] != data.y[relabel])), "epochs": epochs}, model)
         session.save(3, {**state, "model": model})

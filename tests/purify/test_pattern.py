@@ -79,8 +79,7 @@ def test_training_on_pattern_copies_unlearns_sig(sig_model, sig_rows, test_data)
     def with_copies(x, y, g):
         return found.copies(x, y, 0.5, g)
 
-    for name, rows, copies in (("plain", sig_rows, None), ("copies", sig_rows, with_copies),
-                               ("restored", RestoredRows(sig_rows, found), with_copies)):
+    for name, rows, copies in (("plain", sig_rows, None), ("copies", sig_rows, with_copies)):
         student = clone_trainable(sig_model)
         opt = make_optimizer(student, 0.01, 0.9, 5e-4)
         finetune_epoch(student, opt, rows, clean_rows, torch.Generator().manual_seed(0), 128, augment=False,
@@ -94,11 +93,10 @@ def test_training_on_pattern_copies_unlearns_sig(sig_model, sig_rows, test_data)
     # at a cost on this weak model, whose airplanes were mostly the sinusoid (C-Acc 53.4% -> 45.2%; on full
     # CIFAR-10's resnet9w16 one such epoch cost nothing, README)
     assert results["copies"][1] >= results["plain"][1] - 0.12, results
-    # copies alone leave the airplanes unlearnt (the model never saw one without the sinusoid; measured 0.0%);
-    # restoring the class teaches them (measured 55.5%) and unlearns the sinusoid faster (ASR 0.5% vs 22.6%)
+    # copies alone leave the airplanes unlearnt (the model never saw one without the sinusoid; measured 0.0%).
+    # Restoring the class taught them (55.5%) and unlearnt the sinusoid faster (ASR 0.5% vs 22.6%) in the same
+    # epoch; the AdvrBD test below checks restoring end to end, so this one no longer trains that third model.
     assert results["copies"][2] <= 0.1, results
-    assert results["restored"][2] >= 0.3, results
-    assert results["restored"][0] <= 0.1, results
 
 
 def test_a_clean_label_class_is_restored_and_nothing_else_is(sig_model, sig_rows, train_data):
@@ -166,15 +164,24 @@ def test_restored_rows_join_the_clean_pool_in_proportion():
 def test_advrbd_restores_a_clean_label_class_instead_of_relabelling_it(sig_model, sig_data, test_data, tmp_path):
     # Without the pattern, AdvrBD finds every airplane poisoned and relabels them all: the purified model never
     # answers "airplane" (1,500 SIG images per class, resnet9w16: 0% of the test airplanes before and after).
-    from pudrt.purify import Evaluation, purify
+    # advrbd() is called with the target class, as purify passes discovery's (test_purify's AdvrBD test checks that).
+    from pudrt.purify.advrbd import advrbd
+    from pudrt.purify.session import Session
 
-    cfg = PurifyConfig.for_method("advrbd", epochs_scale=0.2, discovery_samples=500)
-    data = sig_data.per_class(200)
-    result = purify(sig_model, data, cfg, tmp_path, 10, Evaluation(test_data.per_class(100), SIG(), adv_limit=50))
-    assert result.target.target_class == 0, result.target.statement
-    found = result.history[3]["shared_pattern"]
+    cfg = PurifyConfig.for_method("advrbd", epochs_scale=0.2)
+    rows = Materialized(sig_data.per_class(200))
+    infected = clone_trainable(sig_model).eval()
+    session = Session(rows, cfg, tmp_path, None, None)
+    model, pools = advrbd(infected, session, 10, target=0)
+    stages = {r["stage"]: r for r in session.history}
+    found = stages["clean-model"]["shared_pattern"]
     assert found["restores"] and found["restored_rows"] == 200, found
-    last = result.history[-1]
-    assert last["restored"] == 200 and last["relabelled"] < 200, last  # the airplanes keep their label
-    assert last["eval"]["asr"] <= result.before["asr"] / 2, (result.before, last["eval"])
-    assert last["eval"]["target_class_acc"] >= 0.2, last["eval"]  # airplanes are recognised again
+    relearn = stages["relabel-relearn"]
+    assert relearn["restored"] == 200 and relearn["relabelled"] < 200, relearn  # the airplanes keep their label
+    assert np.isin(np.flatnonzero(rows.y == 0), pools.poison).mean() >= 0.9  # ... though rightly found poisoned
+    test = test_data.per_class(100)
+    before, after = (attack_success_rate(m, test, SIG()) for m in (sig_model, model))
+    assert after <= before / 2, (before, after)
+    pred, labels = predict(model, test)
+    # airplanes are recognised again: measured 34% through purify (C-Acc 31.8%, ASR 4.7%)
+    assert float((pred[labels == 0] == 0).float().mean()) >= 0.2

@@ -25,7 +25,7 @@ QUICK_PUD = dict(epochs_scale=0.1, discovery_samples=1000)
 
 def test_target_discovery_names_the_blend_target(blend_model, blend_data):
     # BadNets (named) and a clean model ("none") are checked inside the purify runs below.
-    evidence = discover_target(blend_model, as_pair(blend_model), Materialized(blend_data), 10, samples=1000)
+    evidence = discover_target(blend_model, as_pair(blend_model), Materialized(blend_data), 10, samples=500)
     assert evidence.target_class == 0, evidence.statement
     assert evidence.statement.startswith("class 0")
     assert np.argmax(evidence.flip_share) == 0  # Figure 1: adversarial examples collapse into the target
@@ -198,6 +198,10 @@ def test_advrbd_separates_the_poisons_and_drops_asr(badnets_model, badnets_data,
     assert result.history[-1]["eval"]["asr"] <= result.before["asr"] / 2
     pools = result.history[2]["pools"]
     assert pools["clean_pool"]["precision"] >= 0.95 and pools["poison_pool"]["recall"] >= 0.8
+    # purify hands AdvrBD the found class; a dirty-label class's shared pattern is reported, not used
+    assert result.target.target_class == 0, result.target.statement
+    pattern = result.history[3]["shared_pattern"]
+    assert pattern["class"] == 0 and "AdvrBD uses the pattern only" in pattern.get("skipped", ""), pattern
     # a rerun resumes from the last stage's checkpoint and returns the same model
     again = purify(badnets_model, badnets_data.per_class(200), cfg, tmp_path, 10, evaluation)
     for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values(), strict=True):
@@ -223,3 +227,17 @@ def test_bad_inputs_are_explained(badnets_model, train_data, tmp_path):
         PurifyConfig.for_method("pud", gate_passes=-1)
     with pytest.raises(PudrtError, match="--target-fit must be one of anchored, spectre"):
         PurifyConfig.for_method("pud", target_fit="oracle")
+
+
+def test_advrbd_relearning_ends_on_adversarial_epochs_when_asked(train_data):
+    from pudrt.models import create_model
+    from pudrt.purify.advrbd import train_epochs
+
+    data = Materialized(train_data.per_class(8))
+    model = create_model("resnet8", 10)
+    cfg = PurifyConfig.for_method("advrbd", relearn_adv_epochs=2, steps=1)
+    rows = train_epochs(model, data, np.arange(len(data)), 3, 0.01, cfg, torch.Generator().manual_seed(0),
+                        adv_epochs=cfg.relearn_adv_epochs)
+    assert [r["adversarial_samples"] for r in rows] == [0, len(data), len(data)]  # the last two of three
+    with pytest.raises(PudrtError, match="relearn_adv_epochs"):
+        PurifyConfig.for_method("advrbd", relearn_adv_epochs=-1)
