@@ -40,7 +40,14 @@ train on those rows with the pattern taken out, under their own label (they are
 not relabelled), plus copies of other classes' rows carrying it under their own
 labels. A dirty-label class is left to the relabelling, which already removes
 its trigger (Blend and BadNets, benchmarks/RESULTS.md), so its pattern is only
-reported.
+reported. Measured on that SIG subset: C-Acc 72.99% -> 77.75%, ASR 0.17%, 71.4%
+of the test airplanes.
+
+AdvrBD trains on no adversarial example, so its adv_acc stays at the infected
+model's (0.1-0.8%). `cfg.relearn_adv_epochs` (pudrt's addition, default 0)
+makes the last relearning epochs adversarial (PGD, PUD's budget). On the SIG
+run, resumed at stage 4: one such epoch gave adv_acc 7.9% at C-Acc 66.8%; with
+`clean_weight` 0.5, 3.9% at 73.56% (ASR 0.42%).
 """
 
 from __future__ import annotations
