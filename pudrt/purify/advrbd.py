@@ -161,9 +161,10 @@ def clean_label_pattern(infected: nn.Module, data, target: int | None, cfg: Puri
     found = shared_pattern(infected, data, target, classes, seed=cfg.seed)
     if found.scale is None or (found.restores and cfg.pattern_restore):
         return found
-    return SharedPattern(target, found.pattern, None, {
-        **found.evidence, "skipped": "AdvrBD uses the pattern only when nearly the whole class carries it (a "
-                                     "clean-label attack); here relabelling the found poisons removes the trigger"})
+    why = ("--no-pattern-restore: the class's rows are relabelled like any found poison" if found.restores else
+           "AdvrBD uses the pattern only when nearly the whole class carries it (a clean-label attack); here "
+           "relabelling the found poisons removes the trigger")
+    return SharedPattern(target, found.pattern, None, {**found.evidence, "skipped": why})
 
 
 def advrbd(infected: nn.Module, session: Session, classes: int, target: int | None = None
