@@ -157,6 +157,8 @@ class PurifyConfig:
                              f"{self.seed_share}, {self.suspect_share}, {self.enhance_cut}")
         if self.relearn_adv_epochs < 0:
             raise PudrtError(f"relearn_adv_epochs must be 0 or more, got {self.relearn_adv_epochs}")
+        if self.relearn_adv_epochs and self.method != "advrbd":
+            raise PudrtError(f"--relearn-adv-epochs is AdvrBD's (--method advrbd); {self.method} would ignore it")
         if self.enhance_passes < 1:
             raise PudrtError(f"enhance_passes must be at least 1, got {self.enhance_passes}")
         if self.batch_size < 2:

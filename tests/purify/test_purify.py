@@ -241,3 +241,5 @@ def test_advrbd_relearning_ends_on_adversarial_epochs_when_asked(train_data):
     assert [r["adversarial_samples"] for r in rows] == [0, len(data), len(data)]  # the last two of three
     with pytest.raises(PudrtError, match="relearn_adv_epochs"):
         PurifyConfig.for_method("advrbd", relearn_adv_epochs=-1)
+    with pytest.raises(PudrtError, match="is AdvrBD's"):
+        PurifyConfig.for_method("pud", relearn_adv_epochs=1)
