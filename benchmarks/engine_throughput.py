@@ -5,8 +5,10 @@
 All competitors run in this one process, interleaved round by round on the same
 real CIFAR-10 images (the embedded test split), so a noisy shared machine slows
 them alike; each number is the median over rounds, and the ratios are medians of
-per-round ratios. Writes benchmarks/results/engine_throughput.json and the engine
-section of benchmarks/RESULTS.md, with the machine and versions beside them.
+per-round ratios. Appends the run to benchmarks/results/engine_throughput.jsonl and
+rewrites the engine section of benchmarks/RESULTS.md from every run recorded there,
+one table per run with its machine and versions (INT8 speed and agreement depend on
+the CPU's instruction set, so earlier machines' tables are kept).
 
 Targets (issue 3, 2-core CPU, batch 256): ORT fp32 ≥ 2× torch eager for resnet18;
 ORT int8 ≥ 4× torch eager with ≥ 99% top-1 agreement; ORT gradient graph ≥ 1.2×
@@ -55,18 +57,18 @@ def main() -> None:
     held_out, held_out_y = torch.cat([b.float() for b in rest]), torch.cat([b.y for b in rest])
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(arch, Path(tmp), x, y, calib, held_out, held_out_y, threads, args) for arch in args.archs]
-    info = machine(threads)
-    out = HERE / "results" / "engine_throughput.json"
+    out = HERE / "results" / "engine_throughput.jsonl"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
-    write_results_md(info, rows)
+    with out.open("a") as f:
+        f.write(json.dumps({"machine": machine(threads), "rows": rows}) + "\n")
+    write_results_md([json.loads(line) for line in out.read_text().splitlines() if line.strip()])
 
 
 def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict:
     """Time every competitor on one architecture, interleaved round by round."""
     from pudrt.engine import OrtRunner, export_onnx
     from pudrt.engine.grad import export_grad_graph
-    from pudrt.engine.quantize import quantize_int8
+    from pudrt.engine.quantize import quantize_int8, weights_reduced
     from pudrt.io import embedded_dataset
     from pudrt.models import FeatureClassifier
     from pudrt.train import TrainConfig, train_model
@@ -125,6 +127,7 @@ def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict
         "ort_int8_vs_torch": round(ratio("ort_int8", "torch_eager"), 2),
         "ort_grad_vs_autograd": round(ratio("ort_grad_graph", "torch_autograd"), 2),
         "int8_top1_agreement": round(float((int8_pred == ref_pred).mean()), 4),
+        "int8_weight_bits": 7 if weights_reduced(None) else 8,
         "int8_agreement_images": int(len(held_out)),
         "test_accuracy": round(float((ref_pred == held_out_y.numpy()).mean()), 4),
     }
@@ -139,35 +142,45 @@ def machine(threads: int) -> dict:
     return {**machine_info(), "threads": threads, "onnxruntime": onnxruntime.__version__}
 
 
-def write_results_md(info: dict, rows: list[dict]) -> None:
+def write_results_md(runs: list[dict]) -> None:
     from benchmarks_common import replace_section
 
     lines = [
         "## Engine throughput (`benchmarks/engine_throughput.py`)",
         "",
-        f"{info['date']}, {info['cpu']} ({info['cores']} cores, {info['threads']} threads), torch {info['torch']}, "
-        f"onnxruntime {info['onnxruntime']}. Batch {rows[0]['batch']} of real CIFAR-10 test images; medians over "
-        "rounds that interleave all competitors in one process. Speed-ups are medians of per-round ratios. "
-        "INT8 agreement: top-1 of the INT8 graph vs the float model on the other 1,488 embedded test images; "
-        "each model is first trained briefly on the embedded training images (epochs in the table), so its "
-        "predictions have real margins; their accuracy on those images is in the first column. INT8 keeps the "
-        "classifier head in float. Convolutions on maps no larger than their kernel are exported as dense "
-        "matrix products (`pudrt.engine.dense`).",
-        "",
-        "| arch (train epochs, test acc) | torch eager img/s | ORT fp32 img/s | ORT int8 img/s | fp32 ×torch "
-        "| int8 ×torch | int8 top-1 agreement | torch autograd img/s | ORT grad graph img/s | grad ×autograd |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Batch of real CIFAR-10 test images; medians over rounds that interleave all competitors in one "
+        "process. Speed-ups are medians of per-round ratios. INT8 agreement: top-1 of the INT8 graph vs the "
+        "float model on the other 1,488 embedded test images; each model is first trained briefly on the "
+        "embedded training images (epochs in the table), so its predictions have real margins; their accuracy "
+        "on those images is in the first column. INT8 keeps the classifier head in float; its weights are 7-bit "
+        "on a CPU without VNNI (`pudrt.engine.quantize`). Convolutions on maps no larger than their kernel are "
+        "exported as dense matrix products (`pudrt.engine.dense`). One table per run, oldest first.",
     ]
-    for r in rows:
-        s = r["img_per_s"]
-        epochs = r.get("train_epochs", TRAIN_EPOCHS.get(r["arch"]))
-        acc = f", {100 * r['test_accuracy']:.1f}%" if "test_accuracy" in r else ""
-        lines.append(
-            f"| {r['arch']} ({epochs}{acc}) | {s['torch_eager']:.0f} | {s['ort_fp32']:.0f} | "
-            f"{s['ort_int8']:.0f} | "
-            f"{r['ort_fp32_vs_torch']:.2f} | {r['ort_int8_vs_torch']:.2f} | {100 * r['int8_top1_agreement']:.2f}% | "
-            f"{s['torch_autograd']:.0f} | {s['ort_grad_graph']:.0f} | {r['ort_grad_vs_autograd']:.2f} |"
-        )
+    for run in runs:
+        info, rows = run["machine"], run["rows"]
+        vnni = {True: "VNNI", False: "no VNNI"}.get(info.get("vnni"), "VNNI not recorded")
+        bits = sorted({r.get("int8_weight_bits", 8) for r in rows})
+        lines += [
+            "",
+            f"### {info['date']}, {info['cpu']} ({info['cores']} cores, {info['threads']} threads, {vnni})",
+            "",
+            f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, batch {rows[0]['batch']}, INT8 weights "
+            f"{'/'.join(map(str, bits))}-bit, load average before the run {info.get('load_before', '?')}.",
+            "",
+            "| arch (train epochs, test acc) | torch eager img/s | ORT fp32 img/s | ORT int8 img/s | fp32 ×torch "
+            "| int8 ×torch | int8 top-1 agreement | torch autograd img/s | ORT grad graph img/s | grad ×autograd |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            s = r["img_per_s"]
+            epochs = r.get("train_epochs", TRAIN_EPOCHS.get(r["arch"]))
+            acc = f", {100 * r['test_accuracy']:.1f}%" if "test_accuracy" in r else ""
+            lines.append(
+                f"| {r['arch']} ({epochs}{acc}) | {s['torch_eager']:.0f} | {s['ort_fp32']:.0f} | "
+                f"{s['ort_int8']:.0f} | {r['ort_fp32_vs_torch']:.2f} | {r['ort_int8_vs_torch']:.2f} | "
+                f"{100 * r['int8_top1_agreement']:.2f}% | {s['torch_autograd']:.0f} | {s['ort_grad_graph']:.0f} | "
+                f"{r['ort_grad_vs_autograd']:.2f} |"
+            )
     replace_section(HERE / "RESULTS.md", "## Engine throughput", "\n".join(lines) + "\n")
 
 

@@ -48,6 +48,8 @@ def export(
     reduce_range: Annotated[bool | None, typer.Option("--reduce-range/--full-range", help="--int8 with 7-bit "
                                                        "weights (needed where the CPU that runs it lacks VNNI) or "
                                                        "8-bit (default: 7-bit unless this CPU has VNNI).")] = None,
+    unsigned_weights: Annotated[bool, typer.Option("--unsigned-weights", help="--int8 with 8-bit unsigned weights: "
+                                                   "closer to FP32 on a CPU without VNNI, but slower there.")] = False,
     keep_convs: Annotated[bool, typer.Option("--keep-convs", help="Keep convolutions on tiny feature maps as "
                                                                   "they are instead of rewriting them as exact "
                                                                   "dense products (faster on CPUs).")] = False,
@@ -63,6 +65,11 @@ def export(
 
     if engine not in ("onnx", "trt"):
         raise PudrtError(f"--engine must be onnx or trt, got {engine!r}")
+    if not int8 and (unsigned_weights or reduce_range is not None):
+        raise PudrtError("--reduce-range, --full-range and --unsigned-weights choose INT8 weights; add --int8")
+    if unsigned_weights and reduce_range:
+        raise PudrtError("unsigned INT8 weights are 8-bit and do not saturate; drop --reduce-range or "
+                         "--unsigned-weights")
     images, labels = _images(check_data, check_samples)
     if engine == "trt":
         return _export_trt(model, output, fp16, images, min_agreement)
@@ -82,18 +89,20 @@ def export(
             result = verify_grad_graph(tmp, net, images, labels, grad, steps=steps)
             typer.echo(result.describe())
         elif int8:
-            from pudrt.engine.quantize import quantize_int8, weights_reduced
+            from pudrt.engine.quantize import quantize_int8, weight_kind, weights_reduced
 
             fp32 = Path(t) / "fp32.onnx"
             export_onnx(net, fp32, images[:4], dense=not keep_convs)
             calib, _ = _images(check_data, calib_samples, offset=1)
-            reduce_range = weights_reduced(reduce_range)
-            quantize_int8(fp32, tmp, calib.numpy(), reduce_range=reduce_range)
+            quantize_int8(fp32, tmp, calib.numpy(), reduce_range=reduce_range, unsigned_weights=unsigned_weights)
             with OrtRunner(fp32, device="cpu") as ref_runner, OrtRunner(tmp, device="cpu") as q_runner:
                 ref, got = ref_runner(images), q_runner(images)
             result = compare(ref, got, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
-            typer.echo(f"INT8 ({7 if reduce_range else 8}-bit weights) vs FP32 {result.describe()} "
+            typer.echo(f"INT8 ({weight_kind(reduce_range, unsigned_weights)}) vs FP32 {result.describe()} "
                        f"(need top-1 ≥ {100 * min_agreement:.0f}%)")
+            if not result.passed and not unsigned_weights and weights_reduced(reduce_range):
+                typer.echo("hint: --unsigned-weights keeps all 8 bits without saturating on a CPU without VNNI "
+                           "(closer to FP32, slower there); or accept less with --min-agreement")
         else:
             export_onnx(net, tmp, images[:4], dense=not keep_convs)
             result = verify_onnx(tmp, net, images, atol=atol, rtol=rtol)

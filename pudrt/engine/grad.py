@@ -270,7 +270,7 @@ def _export_pgd(pair: nn.Module, steps: int, args: tuple, names: list[str], outp
 def _export_traced(fn, args: tuple, names: list[str], outputs: list[str], kind: str, opset: int, dst: Path,
                    dense: bool) -> None:
     """Trace `fn` on `args` and export it to `dst` with a dynamic batch; tiny convolutions made dense."""
-    gm = trace(fn, args)
+    gm = trace(fn, args).eval()  # a flat ATen graph: eval() changes nothing but torch.onnx's training-mode warning
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if a.dim() > 0 else None for a in args)
     try:

@@ -176,6 +176,19 @@ def test_export_grad_graph_from_the_cli(tmp_path, model_file):
     assert "ce graph vs float64 autograd" in out and (tmp_path / "g.onnx").is_file()
 
 
+def test_int8_export_from_the_cli_says_how_its_weights_are_stored(tmp_path, model_file):
+    # an untrained model's logits are near ties, so agreement is not asked of it here (test_quantize does that)
+    code, out = invoke("export", model_file, "-o", tmp_path / "q.onnx", "--int8", "--unsigned-weights",
+                       "--check-samples", "64", "--calib-samples", "64", "--min-agreement", "0")
+    assert code == 0 and "INT8 (8-bit unsigned weights) vs FP32" in out and "top-1 agreement" in out, out
+    assert (tmp_path / "q.onnx").is_file()
+    code, out = invoke("export", model_file, "-o", tmp_path / "r.onnx", "--int8", "--unsigned-weights",
+                       "--reduce-range", "--check-samples", "16", "--calib-samples", "16")
+    assert code == 2 and "unsigned INT8 weights are 8-bit" in out and not (tmp_path / "r.onnx").exists(), out
+    code, out = invoke("export", model_file, "-o", tmp_path / "r.onnx", "--full-range")
+    assert code == 2 and "add --int8" in out, out
+
+
 def test_export_refuses_an_impossible_tolerance_and_writes_nothing(tmp_path, model_file):
     code, out = invoke("export", model_file, "-o", tmp_path / "m.onnx", "--check-samples", "16", "--atol", "0",
                        "--rtol", "0")
