@@ -85,8 +85,9 @@ def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict
         p_.requires_grad_(False)
     fp32 = export_onnx(model, tmp / f"{arch}.onnx", x[:4])
     int8 = quantize_int8(fp32, tmp / f"{arch}-int8.onnx", calib.numpy())
+    int8u = quantize_int8(fp32, tmp / f"{arch}-int8u.onnx", calib.numpy(), unsigned_weights=True)
     ce = export_grad_graph(model, tmp / f"{arch}-ce.onnx", x[:4], "ce")
-    ort32, ort8, ortg = (OrtRunner(f, device="cpu", threads=threads) for f in (fp32, int8, ce))
+    ort32, ort8, ort8u, ortg = (OrtRunner(f, device="cpu", threads=threads) for f in (fp32, int8, int8u, ce))
     xn, yn = x.numpy(), y.numpy()
 
     def torch_forward():
@@ -101,6 +102,7 @@ def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict
         "torch_eager": torch_forward,
         "ort_fp32": lambda: ort32(xn),
         "ort_int8": lambda: ort8(xn),
+        "ort_int8_unsigned": lambda: ort8u(xn),
         "torch_autograd": torch_grad,
         "ort_grad_graph": lambda: ortg(xn, label=yn),
     }
@@ -116,8 +118,12 @@ def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict
 
     with torch.no_grad():
         ref_pred = pair(held_out)[0].argmax(1).numpy()
-    int8_pred = np.concatenate([ort8(held_out[i : i + 256].numpy())["logits"].argmax(1)
-                                for i in range(0, len(held_out), 256)])
+
+    def agreement(runner) -> float:
+        pred = np.concatenate([runner(held_out[i : i + 256].numpy())["logits"].argmax(1)
+                               for i in range(0, len(held_out), 256)])
+        return round(float((pred == ref_pred).mean()), 4)
+
     row = {
         "train_epochs": epochs,
         "arch": arch,
@@ -126,8 +132,10 @@ def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict
         "ort_fp32_vs_torch": round(ratio("ort_fp32", "torch_eager"), 2),
         "ort_int8_vs_torch": round(ratio("ort_int8", "torch_eager"), 2),
         "ort_grad_vs_autograd": round(ratio("ort_grad_graph", "torch_autograd"), 2),
-        "int8_top1_agreement": round(float((int8_pred == ref_pred).mean()), 4),
+        "int8_top1_agreement": agreement(ort8),
         "int8_weight_bits": 7 if weights_reduced(None) else 8,
+        "ort_int8_unsigned_vs_torch": round(ratio("ort_int8_unsigned", "torch_eager"), 2),
+        "int8_unsigned_top1_agreement": agreement(ort8u),
         "int8_agreement_images": int(len(held_out)),
         "test_accuracy": round(float((ref_pred == held_out_y.numpy()).mean()), 4),
     }
@@ -153,8 +161,10 @@ def write_results_md(runs: list[dict]) -> None:
         "float model on the other 1,488 embedded test images; each model is first trained briefly on the "
         "embedded training images (epochs in the table), so its predictions have real margins; their accuracy "
         "on those images is in the first column. INT8 keeps the classifier head in float; its weights are 7-bit "
-        "on a CPU without VNNI (`pudrt.engine.quantize`). Convolutions on maps no larger than their kernel are "
-        "exported as dense matrix products (`pudrt.engine.dense`). One table per run, oldest first.",
+        "on a CPU without VNNI (`pudrt.engine.quantize`); the unsigned column is `--unsigned-weights` (8-bit, "
+        "never saturating; a dash in runs made before it was measured). Convolutions on maps no larger than "
+        "their kernel are exported as dense matrix products (`pudrt.engine.dense`). One table per run, oldest "
+        "first.",
     ]
     for run in runs:
         info, rows = run["machine"], run["rows"]
@@ -168,18 +178,21 @@ def write_results_md(runs: list[dict]) -> None:
             f"{'/'.join(map(str, bits))}-bit, load average before the run {info.get('load_before', '?')}.",
             "",
             "| arch (train epochs, test acc) | torch eager img/s | ORT fp32 img/s | ORT int8 img/s | fp32 ×torch "
-            "| int8 ×torch | int8 top-1 agreement | torch autograd img/s | ORT grad graph img/s | grad ×autograd |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| int8 ×torch | int8 top-1 agreement | int8 unsigned weights ×torch (agreement) "
+            "| torch autograd img/s | ORT grad graph img/s | grad ×autograd |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             s = r["img_per_s"]
             epochs = r.get("train_epochs", TRAIN_EPOCHS.get(r["arch"]))
             acc = f", {100 * r['test_accuracy']:.1f}%" if "test_accuracy" in r else ""
+            unsigned = (f"{r['ort_int8_unsigned_vs_torch']:.2f} ({100 * r['int8_unsigned_top1_agreement']:.2f}%)"
+                        if "int8_unsigned_top1_agreement" in r else "-")
             lines.append(
                 f"| {r['arch']} ({epochs}{acc}) | {s['torch_eager']:.0f} | {s['ort_fp32']:.0f} | "
                 f"{s['ort_int8']:.0f} | {r['ort_fp32_vs_torch']:.2f} | {r['ort_int8_vs_torch']:.2f} | "
-                f"{100 * r['int8_top1_agreement']:.2f}% | {s['torch_autograd']:.0f} | {s['ort_grad_graph']:.0f} | "
-                f"{r['ort_grad_vs_autograd']:.2f} |"
+                f"{100 * r['int8_top1_agreement']:.2f}% | {unsigned} | {s['torch_autograd']:.0f} | "
+                f"{s['ort_grad_graph']:.0f} | {r['ort_grad_vs_autograd']:.2f} |"
             )
     replace_section(HERE / "RESULTS.md", "## Engine throughput", "\n".join(lines) + "\n")
 
