@@ -180,7 +180,11 @@ def _pct(x) -> str:
 
 
 def subset_note(row: dict) -> str:
-    return f" ({row['per_class']:,}/class)" if row.get("per_class") else ""
+    """The subset, and the infected model's epochs where they are not the default 15."""
+    notes = [f"{row['per_class']:,}/class"] if row.get("per_class") else []
+    if row.get("train_epochs", 15) != 15:
+        notes.append(f"infected model {row['train_epochs']} epochs")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def options_note(row: dict) -> str:
