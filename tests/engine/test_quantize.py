@@ -22,7 +22,7 @@ def test_int8_export_agrees_with_fp32_on_real_images(tmp_path, trained_resnet8, 
 
 def test_unsigned_int8_weights_do_not_saturate_without_vnni(tmp_path, trained_resnet8, test_data):
     # ONNX Runtime's u8s8 kernels saturate on full-range signed weights where the CPU lacks VNNI; unsigned
-    # weights take kernels that widen first, so they keep all 8 bits and agree with fp32 wherever they run
+    # weights run on its u8u8 kernels, which its quantization guide names as free of that, so all 8 bits count
     from pudrt.system import cpu_has_vnni
 
     batches = iter_batches(test_data, 256, workers=0)
