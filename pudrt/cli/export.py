@@ -67,9 +67,10 @@ def export(
         raise PudrtError(f"--engine must be onnx or trt, got {engine!r}")
     if not int8 and (unsigned_weights or reduce_range is not None):
         raise PudrtError("--reduce-range, --full-range and --unsigned-weights choose INT8 weights; add --int8")
-    if unsigned_weights and reduce_range:
-        raise PudrtError("unsigned INT8 weights are 8-bit and do not saturate; drop --reduce-range or "
-                         "--unsigned-weights")
+    if int8:
+        from pudrt.engine.quantize import check_weight_options
+
+        check_weight_options(reduce_range, unsigned_weights)  # before any export work
     images, labels = _images(check_data, check_samples)
     if engine == "trt":
         return _export_trt(model, output, fp16, images, min_agreement)

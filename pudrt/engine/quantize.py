@@ -66,9 +66,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise PudrtError(f"unknown calibration method {method!r}; choose one of {', '.join(methods)}")
-    if unsigned_weights and reduce_range:
-        raise PudrtError("unsigned INT8 weights are 8-bit and do not saturate; drop --reduce-range or "
-                         "--unsigned-weights")
+    check_weight_options(reduce_range, unsigned_weights)
     dst = Path(dst)
     log.info("INT8 with %s", weight_kind(reduce_range, unsigned_weights))
     reduce_range = not unsigned_weights and weights_reduced(reduce_range)
@@ -90,6 +88,13 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
 def weights_reduced(reduce_range: bool | None) -> bool:
     """`reduce_range` as asked, or (None) True unless this CPU has VNNI (module docstring)."""
     return cpu_has_vnni() is not True if reduce_range is None else reduce_range
+
+
+def check_weight_options(reduce_range: bool | None, unsigned_weights: bool) -> None:
+    """Refuse 7-bit unsigned weights: unsigned weights are 8-bit because they do not saturate."""
+    if unsigned_weights and reduce_range:
+        raise PudrtError("unsigned INT8 weights are 8-bit and do not saturate; drop --reduce-range or "
+                         "--unsigned-weights")
 
 
 def weight_kind(reduce_range: bool | None, unsigned_weights: bool = False) -> str:

@@ -145,8 +145,7 @@ def train_epochs(model: nn.Module, data, idx: np.ndarray, epochs: int, lr: float
     for e in range(epochs):
         rows.append(finetune_epoch(model, opt, data, idx, gen, cfg.batch_size, augment=cfg.augment, labels=labels,
                                    pgd=pgd if e >= epochs - adv_epochs else None, clean_weight=cfg.clean_weight,
-                                   copies=copies,
-                                   desc=f"{desc} epoch {e + 1}/{epochs}"))
+                                   copies=copies, desc=f"{desc} epoch {e + 1}/{epochs}"))
         sched.step()
     return rows
 
