@@ -15,8 +15,9 @@ def batch(test_data):
     return b.float(), b.y
 
 
-@pytest.mark.parametrize("arch", ["resnet8", "resnet18"])  # resnet18 has a max-pool: its backward is traced too
-@pytest.mark.parametrize("kind", ["ce", "kl"])
+# resnet18 has a max-pool: its backward is traced too. Its KL graph differs from its CE graph only in the loss, which
+# resnet8 covers; leaving it out saves 30-40 s of export.
+@pytest.mark.parametrize("kind, arch", [("ce", "resnet8"), ("kl", "resnet8"), ("ce", "resnet18")])
 def test_gradient_graph_agrees_with_autograd(random_model, tmp_path, arch, kind, batch):
     x, y = batch
     model = random_model(arch)

@@ -7,10 +7,16 @@ from pudrt.errors import PudrtError
 from pudrt.io import iter_batches
 
 
-def test_int8_export_agrees_with_fp32_on_real_images(tmp_path, trained_resnet8, test_data):
+@pytest.fixture(scope="module")
+def trained_fp32(trained_resnet8, tmp_path_factory):
+    """The trained resnet8 exported once for this module's INT8 tests (an export takes 7-14 s here)."""
+    return export_onnx(trained_resnet8, tmp_path_factory.mktemp("fp32") / "fp32.onnx", torch.rand(2, 3, 32, 32))
+
+
+def test_int8_export_agrees_with_fp32_on_real_images(tmp_path, trained_fp32, test_data):
     batches = iter_batches(test_data, 256, workers=0)
     calib, check = next(batches).float(), next(batches).float()
-    fp32 = export_onnx(trained_resnet8, tmp_path / "fp32.onnx", calib[:2])
+    fp32 = trained_fp32
     int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calib.numpy())
     with OrtRunner(fp32, device="cpu") as a, OrtRunner(int8, device="cpu") as b:
         ref, got = a(check), b(check)
@@ -20,14 +26,14 @@ def test_int8_export_agrees_with_fp32_on_real_images(tmp_path, trained_resnet8, 
     assert int8.stat().st_size < fp32.stat().st_size
 
 
-def test_unsigned_int8_weights_do_not_saturate_without_vnni(tmp_path, trained_resnet8, test_data):
+def test_unsigned_int8_weights_do_not_saturate_without_vnni(tmp_path, trained_fp32, test_data):
     # ONNX Runtime's u8s8 kernels saturate on full-range signed weights where the CPU lacks VNNI; unsigned
     # weights run on its u8u8 kernels, which its quantization guide names as free of that, so all 8 bits count
     from pudrt.system import cpu_has_vnni
 
     batches = iter_batches(test_data, 256, workers=0)
     calib, check = next(batches).float(), torch.cat([next(batches).float() for _ in range(3)])
-    fp32 = export_onnx(trained_resnet8, tmp_path / "fp32.onnx", calib[:2])
+    fp32 = trained_fp32
     unsigned = quantize_int8(fp32, tmp_path / "u8.onnx", calib.numpy(), unsigned_weights=True)
     signed = quantize_int8(fp32, tmp_path / "s8.onnx", calib.numpy(), reduce_range=False)
     assert _unsigned_weight_spread(unsigned) > 128  # all 8 bits used, not 7

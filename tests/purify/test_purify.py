@@ -19,8 +19,9 @@ from pudrt.purify.session import CHECKPOINTS
 from pudrt.scores import consistency_scores
 from pudrt.train import Materialized
 
-# The authors' schedule at a tenth of its epochs: steps of 1, 1, 1, 1 and 3 epochs.
-QUICK_PUD = dict(epochs_scale=0.1, discovery_samples=1000)
+# The authors' schedule at a tenth of its epochs: steps of 1, 1, 1, 1 and 3 epochs; target discovery attacks 500
+# samples, a quarter of its default.
+QUICK_PUD = dict(epochs_scale=0.1, discovery_samples=500)
 
 
 def test_target_discovery_names_the_blend_target(blend_model, blend_data):
@@ -37,7 +38,7 @@ def test_target_discovery_names_the_blend_target(blend_model, blend_data):
 def pud_run(badnets_model, badnets_data, test_data, tmp_path_factory):
     """One complete quick PUD run on half of the BadNets data, with its folder and step checkpoints kept."""
     out = tmp_path_factory.mktemp("pud")
-    evaluation = Evaluation(test_data.per_class(100), BadNets(), adv_limit=200)
+    evaluation = Evaluation(test_data.per_class(100), BadNets(), adv_limit=100)
     data = badnets_data.per_class(300)  # 30% of the data, to keep the suite short
     result = purify(badnets_model, data, PurifyConfig.for_method("pud", **QUICK_PUD), out, 10, evaluation)
     return result, out, data, evaluation
@@ -154,7 +155,7 @@ def test_anchors_are_the_target_rows_of_a_screened_first_pool_only():
 
 def test_a_clean_model_comes_out_about_as_accurate(clean_model, train_data, test_data, tmp_path):
     before = clean_accuracy(clean_model, test_data)
-    cfg = PurifyConfig.for_method("pud", **{**QUICK_PUD, "discovery_samples": 500})
+    cfg = PurifyConfig.for_method("pud", **QUICK_PUD)
     result = purify(clean_model, train_data.per_class(200), cfg, tmp_path, 10)
     assert result.target.target_class is None and result.target.statement.startswith("none")
     assert max(result.target.pattern_flip) < 0.5, result.target.pattern_flip  # no class pattern acts as a trigger
@@ -190,7 +191,7 @@ def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(pud_run, badne
 
 
 def test_advrbd_separates_the_poisons_and_drops_asr(badnets_model, badnets_data, test_data, tmp_path):
-    evaluation = Evaluation(test_data, BadNets(), adv_limit=50)
+    evaluation = Evaluation(test_data.per_class(100), BadNets(), adv_limit=50)
     cfg = PurifyConfig.for_method("advrbd", epochs_scale=0.2, discovery_samples=500)
     result = purify(badnets_model, badnets_data.per_class(200), cfg, tmp_path, 10, evaluation)
     stages = [r.get("stage") for r in result.history[1:]]
