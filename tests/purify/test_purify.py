@@ -96,7 +96,9 @@ def test_the_target_gate_is_skipped_when_it_cannot_be_trusted(badnets_model, bad
                            PurifyConfig.for_method("pud", target_gate=False))[1]
 
 
-@pytest.mark.parametrize("attack, recall", [("badnets", 0.6), ("blend", 0.95)])
+# BadNets only: Blend's case took as long (45 s) through the same code. Blend's anchored fit is checked by the
+# clean-judge test below and was measured on full CIFAR-10 (README: 5,406 rows flagged, 92% poisons, 99.6% of them).
+@pytest.mark.parametrize("attack, recall", [("badnets", 0.6)])
 def test_the_anchored_fit_flags_the_target_class_poisons_from_the_first_pool(attack, recall, request):
     # All of the embedded data: its KL-screened first pool holds enough target-class rows to anchor the fit.
     model, dataset = request.getfixturevalue(f"{attack}_model"), request.getfixturevalue(f"{attack}_data")
