@@ -36,7 +36,7 @@ def test_target_discovery_names_the_blend_target(blend_model, blend_data):
 
 @pytest.fixture(scope="module")
 def pud_run(badnets_model, badnets_data, test_data, tmp_path_factory):
-    """One complete quick PUD run on half of the BadNets data, with its folder and step checkpoints kept."""
+    """One complete quick PUD run on 30% of the BadNets data, with its folder and step checkpoints kept."""
     out = tmp_path_factory.mktemp("pud")
     evaluation = Evaluation(test_data.per_class(100), BadNets(), adv_limit=100)
     data = badnets_data.per_class(300)  # 30% of the data, to keep the suite short
