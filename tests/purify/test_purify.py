@@ -98,10 +98,9 @@ def test_the_target_gate_is_skipped_when_it_cannot_be_trusted(badnets_model, bad
 
 # BadNets only: Blend's case took as long (45 s) through the same code. Blend's anchored fit is checked by the
 # clean-judge test below and was measured on full CIFAR-10 (README: 5,406 rows flagged, 92% poisons, 99.6% of them).
-@pytest.mark.parametrize("attack, recall", [("badnets", 0.6)])
-def test_the_anchored_fit_flags_the_target_class_poisons_from_the_first_pool(attack, recall, request):
+def test_the_anchored_fit_flags_the_target_class_poisons_from_the_first_pool(badnets_model, badnets_data):
     # All of the embedded data: its KL-screened first pool holds enough target-class rows to anchor the fit.
-    model, dataset = request.getfixturevalue(f"{attack}_model"), request.getfixturevalue(f"{attack}_data")
+    model, dataset = badnets_model, badnets_data
     data = Materialized(dataset)
     cfg = PurifyConfig.for_method("pud")
     anchors = target_anchors(first_pool(model, data, cfg), data.y, 0, cfg)
@@ -114,8 +113,8 @@ def test_the_anchored_fit_flags_the_target_class_poisons_from_the_first_pool(att
                       for a in (anchors, None)]
     pools, info, flagged, spectre_info = split.pools, split.info, split.flagged, spectre.info
     assert info["fit"] == "anchored" and info["anchors"] == len(anchors) and spectre_info["fit"] == "spectre"
-    # measured: BadNets 90% / 69% (precision / recall), Blend 91% / 99.6%
-    assert is_poison[flagged].mean() >= 0.85 and is_poison[flagged].sum() >= recall * is_poison.sum(), info
+    # measured: BadNets 90% / 69% (precision / recall); Blend, when it ran here, 91% / 99.6%
+    assert is_poison[flagged].mean() >= 0.85 and is_poison[flagged].sum() >= 0.6 * is_poison.sum(), info
     assert np.isin(flagged, pools.poison).all() and not np.isin(flagged, pools.clean).any()
     assert not np.isnan(pools.spectre[data.y == 0]).any() and np.isnan(pools.spectre[data.y != 0]).all()
     # with too few anchors the authors' SPECTRE runs, and the history says why
