@@ -72,7 +72,10 @@ MIN_SCORE = 10.0
 """Summed robust z-scores a class needs to be named. Measured (2026-11-22): the target of BadNets/Blend resnet8s
 scored 19-54, of a full-CIFAR-10 BadNets resnet9w16 25.3; the top class of a clean resnet8 5.1-7.4. On an AMD EPYC
 (2026-11-28, SURVIVAL_FLOOR): a clean resnet8's top class 7.9 (11.0 before the floor), a SIG resnet8's target
-41.0 (64.9 before)."""
+41.0 (64.9 before). With the nearest-class collapse and one-sided evidence (2026-11-29, EPYC with AVX-512): five
+clean resnet9w16/resnet14w32s' top class 2.0-4.3, the tests' clean resnet8 with four seeds 6.0-8.8 (the 8.8 with a
+lead of 4.3), three WaNet resnet9w16s' target 8.4, 9.2 and 10.8 (so two are still missed), BadNets, Blend and SIG
+12.9, 21.9, 36.8."""
 MIN_GAP = 5.0
 """... and its lead over the runner-up (infected: 17-36 measured; clean: 0.5-2.3)."""
 NEAREST_BUDGETS = (1 / 8, 1 / 4, 1 / 2, 1)
