@@ -163,13 +163,14 @@ def target_accuracy(model, test, target: int) -> float:
 
 
 def git_commit() -> str | None:
-    """The checkout's short commit (with "+" when it has uncommitted changes), so rows from older code can be told
-    apart; None outside a git checkout."""
+    """The checkout's short commit (with "+" when it has uncommitted changes other than the benchmark results this
+    script writes itself), so rows from older code can be told apart; None outside a git checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)benchmarks/results", ":(top,exclude)benchmarks/RESULTS.md"],
+                               cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+" if dirty else "")

@@ -12,7 +12,7 @@ from pudrt.errors import PudrtError
 from pudrt.evaluate import clean_accuracy
 from pudrt.models import as_pair
 from pudrt.purify import Evaluation, PurifyConfig, discover_target, purify
-from pudrt.purify.discovery import TargetEvidence
+from pudrt.purify.discovery import TargetEvidence, adversarial_histogram
 from pudrt.purify.loops import forward_all
 from pudrt.purify.progressive import MIN_ANCHORS, first_pool, split_pools, target_anchors, target_gate
 from pudrt.purify.session import CHECKPOINTS
@@ -32,6 +32,18 @@ def test_target_discovery_names_the_blend_target(blend_model, blend_data):
     assert np.argmax(evidence.flip_share) == 0  # Figure 1: adversarial examples collapse into the target
     # the class's shared pattern acts as the trigger: added to other images it turns them into class 0
     assert np.argmax(evidence.pattern_flip) == 0 and evidence.pattern_flip[0] >= 0.5, evidence.pattern_flip
+
+
+def test_each_attacked_sample_counts_once_for_its_nearest_class(badnets_model, badnets_data):
+    data = Materialized(badnets_data.per_class(20))
+    rows = np.arange(len(data))
+    nearest = adversarial_histogram(badnets_model, data, rows, 10, 8 / 255, 10)
+    full = adversarial_histogram(badnets_model, data, rows, 10, 8 / 255, 10, budgets=(1,))
+    assert (nearest["attacked"] == full["attacked"]).all() and nearest["attacked"].sum() > 100
+    assert nearest["into"].sum() + nearest["survived"].sum() == nearest["attacked"].sum()
+    assert (nearest["possible"] <= nearest["into"].sum()).all()
+    # the last budget is the full one, run on what the smaller ones left: it flips no fewer samples
+    assert nearest["survived"].sum() <= full["survived"].sum() + 1
 
 
 @pytest.fixture(scope="module")
