@@ -82,8 +82,8 @@ NEAREST_BUDGETS = (1 / 8, 1 / 4, 1 / 2, 1)
 """Fractions of the discovery budget at which each sample is attacked in turn, until one flips it (its nearest
 class). Measured (2026-11-29, AMD EPYC, PGD-10, 2,000 attacked samples, resnet9w16s trained on 1,500 images per
 class; one-off scripts): three WaNet models (ASR 61-77%) sent 33-38% of their nearest-class flips into the target
-(z 6.5-9.1) against 10-15% at 8/255 alone (z -0.1 to 0.9); six clean models' strongest class took 15-19% (z
-0.8-3.7), the tests' clean resnet8s' 18-24% (z 1.2-4.7). BadNets, Blend and SIG resnet9w16s do not collapse at
+(z 6.5-9.1) against 10-15% at 8/255 alone (z -0.1 to 0.9); five clean models' strongest class took 15-19% (z
+0.8-3.7), the tests' clean resnet8s' 15-24% (z 1.2-4.7). BadNets, Blend and SIG resnet9w16s do not collapse at
 either budget (z 0.7, 0.9, -3.4) and are named by their other evidence."""
 ROBUST_QUANTILE = 0.05
 """Patch-KL quantile (over all attacked samples) below which a sample counts as barely moved."""
