@@ -206,7 +206,7 @@ def pattern_flips(model: nn.Module, data: Materialized, classes: int, rows: int 
 
 def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, classes: int, eps: float = 8 / 255,
                     steps: int = 10, samples: int = 2000, per_class_features: int = 1000, kl_eps: float = 16 / 255,
-                    kl_radius: int = 4, seed: int = 0, budgets: tuple[float, ...] = NEAREST_BUDGETS) -> TargetEvidence:
+                    kl_radius: int = 4, seed: int = 0) -> TargetEvidence:
     """Name the backdoor target class of `model`, with the evidence, or say there is none.
 
     `pair` is the same model returning (logits, features). Up to `samples`
@@ -221,7 +221,7 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
         pick.append(rng.permutation(members)[:per_class])
         feat_pick.append(rng.permutation(members)[:per_class_features])
     idx = np.concatenate(pick)
-    h = adversarial_histogram(model, data, idx, classes, eps, steps, budgets=budgets)
+    h = adversarial_histogram(model, data, idx, classes, eps, steps)
     into, possible = h["into"], h["possible"]
     share = into / np.maximum(possible, 1)
     flip_z = _robust_z(share, floor=0.02)

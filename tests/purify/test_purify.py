@@ -41,7 +41,6 @@ def test_each_attacked_sample_counts_once_for_its_nearest_class(badnets_model, b
     full = adversarial_histogram(badnets_model, data, rows, 10, 8 / 255, 10, budgets=(1,))
     assert (nearest["attacked"] == full["attacked"]).all() and nearest["attacked"].sum() > 100
     assert nearest["into"].sum() + nearest["survived"].sum() == nearest["attacked"].sum()
-    assert (nearest["possible"] <= nearest["into"].sum()).all()
     # the last budget is the full one, run on what the smaller ones left: it flips no fewer samples
     assert nearest["survived"].sum() <= full["survived"].sum() + 1
 
