@@ -125,6 +125,7 @@ def main() -> None:
                 "filter_inverted": [{"step": r["step"], **r["spectre"]["inverted"]} for r in res.history
                                     if r.get("spectre", {}).get("inverted")],
                 "before_finish": res.history[-2].get("eval") if finish else None,
+                "residual": res.residual and {k: v for k, v in res.residual.items() if k != "statement"},
                 "purify_minutes": round(minutes, 1), "machine": info, "commit": git_commit(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             }
@@ -193,6 +194,14 @@ def options_note(row: dict) -> str:
     return f" ({', '.join(f'{k}={json.dumps(v)}' for k, v in sorted(options.items()))})" if options else ""
 
 
+def residual_note(res: dict | None) -> str:
+    """The found target's evidence before → after purification and what discovery names in the purified model."""
+    if not res:
+        return "-"
+    named = "none" if res["named_after"] is None else f"class {res['named_after']}"
+    return f"{res['evidence_before']}→{res['evidence_after']}, names {named}"
+
+
 def write_results_md() -> None:
     rows = [json.loads(line) for line in open(RESULTS) if line.strip()]
     adv = "adv_acc@PGD-7/6"
@@ -203,13 +212,16 @@ def write_results_md() -> None:
         "SIG clean-label), no clean data, target class not",
         "given. C-Acc on the 10,000 test images, ASR on the triggered non-target ones, adv_acc on evenly spaced",
         "test images (PGD-7, ε=6/255, α=ε/5). Target-class acc: on the clean test images of the attack's target",
-        'class (recorded from 2026-11-23; "-" before). Pools against poison.json. Minutes: purification alone, on this',
-        f"2-core CPU. The epoch schedule is the authors' times `epochs_scale`. Bar to beat: {PAPER}.",
+        'class (recorded from 2026-11-23; "-" before). Pools against poison.json. Residual: target discovery on the',
+        "purified model (from 2026-11-30, where a target was found): the target's evidence before→after and the class",
+        "discovery names in the purified model (the target again: the backdoor likely persists). Minutes:",
+        "purification alone (with the residual check from 2026-11-30), on this 2-core CPU. The epoch schedule is the",
+        f"authors' times `epochs_scale`. Bar to beat: {PAPER}.",
         "",
         "| date | attack | method | arch | scale | C-Acc before→after | ASR before→after | adv_acc before→after | "
         "target found | target-class acc before→after | clean-pool precision / recall | "
-        "poison-pool precision / recall | min | code |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "poison-pool precision / recall | residual | min | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b, a = r["before"] or {}, r["after"] or {}
@@ -221,7 +233,8 @@ def write_results_md() -> None:
             f"{_pct(b.get(adv))}→{_pct(a.get(adv))} | {r['target_found']} (true {r['target_true']}) | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | "
             f"{_pct(cp.get('precision'))} / {_pct(cp.get('recall'))} | {_pct(pp.get('precision'))} / "
-            f"{_pct(pp.get('recall'))} | {r['purify_minutes']} | {r.get('commit') or 'earlier'} |"
+            f"{_pct(pp.get('recall'))} | {residual_note(r.get('residual'))} | {r['purify_minutes']} | "
+            f"{r.get('commit') or 'earlier'} |"
         )
     machines: dict[str, list[str]] = {}
     for r in rows:  # minutes compare only within one machine

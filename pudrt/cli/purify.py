@@ -58,6 +58,9 @@ def purify(
     relearn_adv_epochs: Annotated[int, typer.Option(help="AdvrBD: train the last this many relearning epochs on "
                                                         "PGD examples (pudrt's addition, for adv_acc; each costs "
                                                         "about 8 plain epochs).")] = 0,
+    residual_check: Annotated[bool, typer.Option(help="After the run, look for the target again in the purified "
+                                                      "model: a class that still stands out means the backdoor "
+                                                      "likely persists (costs one more target discovery).")] = True,
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: the method's).")] = None,
     clean_weight: Annotated[float, typer.Option(help="Mix this weight of clean-image loss into adversarial "
                                                      "epochs (0 = the authors' pure PGD fine-tuning).")] = 0.0,
@@ -83,6 +86,7 @@ def purify(
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
                                   clean_weight=clean_weight, initial_pool=initial_pool, target_fit=target_fit,
                                   threads=threads, relearn_adv_epochs=relearn_adv_epochs,
+                                  residual_check=residual_check,
                                   **({"lr": lr} if lr is not None else {}),
                                   **({"finish_epochs": finish_epochs} if finish_epochs is not None else {}),
                                   **({} if target_gate else {"target_gate": False}),

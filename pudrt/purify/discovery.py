@@ -269,3 +269,30 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
                           robust_z.round(2).tolist(), mass.round(4).tolist(),
                           mass_z.round(2).tolist(), score.round(2).tolist(), int(h["attacked"].sum()),
                           int(into.sum()), cut, pattern.round(4).tolist(), pattern_z.round(2).tolist())
+
+
+
+def residual_verdict(before: TargetEvidence, after: TargetEvidence) -> dict:
+    """Compare target discovery on the input model (`before`, which named a class) with a run on the purified
+    model (`after`, the same samples): when the purified model still singles out the found target, the backdoor
+    likely persists.
+
+    Another class named after purification is reported but is no sign of a backdoor by itself: adversarial
+    fine-tuning alone can make a class stand out (a clean resnet8, the tests' model, after quick PUD: class 0,
+    evidence 10.2, from its airplanes' natural robustness). Returns the history row, with `persists` and a
+    `statement`."""
+    t, named = before.target_class, after.target_class
+    if t is None:
+        raise ValueError("the residual check compares against a found target class")
+    b, a = float(before.score[t]), float(after.score[t])
+    if named == t:
+        statement = (f"the backdoor likely persists: the purified model still singles out class {t} (evidence "
+                     f"{a:.1f}; {b:.1f} before purification)")
+    else:
+        statement = (f"class {t} no longer stands out in the purified model (evidence {b:.1f} before, {a:.1f} "
+                     f"after; naming a class needs ≥ {MIN_SCORE:g} and a lead of ≥ {MIN_GAP:g})")
+        if named is not None:
+            statement += (f"; class {named} does (evidence {after.score[named]:.1f}), which adversarial fine-tuning "
+                          f"alone can cause")
+    return {"class": t, "evidence_before": round(b, 2), "evidence_after": round(a, 2), "named_after": named,
+            "persists": named == t, "statement": statement}

@@ -93,6 +93,9 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
         lines.append(f"ONNX export: {onnx_path} ({agreement.describe()})")
     lines.append(f"clean pool: {len(result.clean_indices)} samples, poison pool: {len(result.poison_indices)} "
                  f"(clean_indices.npy, poison_indices.npy, scores.csv)")
+    if result.residual is not None:
+        lines.append(("WARNING: " if result.residual["persists"] else "") + "residual check (target discovery on the "
+                     f"purified model, residual.json): {result.residual['statement']}")
     last = result.history[-1] if result.history else {}
     if result.before is not None:
         lines.append(f"before: {_fmt(result.before)}")

@@ -20,7 +20,7 @@ from pudrt.io.datasets import LabelledImages
 from pudrt.models import as_pair
 from pudrt.purify.advrbd import advrbd
 from pudrt.purify.config import PurifyConfig
-from pudrt.purify.discovery import TargetEvidence, discover_target
+from pudrt.purify.discovery import TargetEvidence, discover_target, residual_verdict
 from pudrt.purify.loops import clone_trainable, pixels
 from pudrt.purify.progressive import Pools, last_step, progressive_purify
 from pudrt.purify.session import Evaluation, Session
@@ -42,6 +42,9 @@ class PurifyResult:
     seconds: float
     check_images: torch.Tensor | None = None
     """A few real images of DATA, on which the ONNX export of the result is checked."""
+    residual: dict | None = None
+    """Target discovery on the purified model against the input model's found target (discovery.residual_verdict);
+    None when no target was found, the run stopped early or `cfg.residual_check` is off."""
 
 
 def check_inputs(model: nn.Module, dataset: LabelledImages, num_classes: int) -> None:
@@ -94,13 +97,22 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
         student, pools = advrbd(infected, session, num_classes, target.target_class)
         finished = True  # AdvrBD has no --stop-after; its four stages always run to the end
     student.eval()
+    residual = None
+    (out / "residual.json").unlink(missing_ok=True)  # never left from an earlier run beside this run's model
+    if finished and cfg.residual_check and target.target_class is not None:
+        # the same samples as the first discovery (same seed), read through the purified model
+        after = discover_target(student, as_pair(student), data, num_classes, samples=cfg.discovery_samples,
+                                kl_eps=cfg.kl_eps, kl_radius=cfg.kl_radius, seed=cfg.seed)
+        write_json_atomic(out / "residual.json", after.to_dict())
+        residual = residual_verdict(target, after)
+        (log.warning if residual["persists"] else log.info)("residual check: %s", residual["statement"])
     result = PurifyResult(student, data.index[pools.clean], data.index[pools.poison], target, session.history,
                           before, bool(finished), time.perf_counter() - start,
-                          pixels(data, np.arange(min(32, len(data))))[0])
+                          pixels(data, np.arange(min(32, len(data))))[0], residual)
     write_pools(out, dataset, data, pools)
     write_json_atomic(out / "history.json", {"method": cfg.method, "config": cfg.to_dict(),
                                              "target": target.to_dict(), "steps": session.history,
-                                             "finished": result.finished})
+                                             "residual": residual, "finished": result.finished})
     return result
 
 

@@ -83,6 +83,11 @@ def test_pud_halves_asr_and_keeps_clean_accuracy(pud_run):
     clean = np.load(out / "clean_indices.npy")
     assert len(clean) == len(result.clean_indices)
     assert not np.isin(clean, np.load(out / "poison_indices.npy")).any()  # the pools are disjoint
+    # the residual check: discovery on the purified model no longer names the target (measured 25.2 -> 0.0)
+    residual = history["residual"]
+    assert residual == result.residual and (out / "residual.json").is_file()
+    assert residual["class"] == 0 and not residual["persists"], residual
+    assert residual["evidence_after"] <= residual["evidence_before"] / 2, residual
 
 
 def test_the_target_gate_is_skipped_when_it_cannot_be_trusted(badnets_model, badnets_data):
@@ -173,6 +178,7 @@ def test_a_clean_model_comes_out_about_as_accurate(clean_model, train_data, test
     assert result.target.target_class is None and result.target.statement.startswith("none")
     assert max(result.target.pattern_flip) < 0.5, result.target.pattern_flip  # no class pattern acts as a trigger
     assert clean_accuracy(result.model, test_data) >= before - 0.10
+    assert result.residual is None  # no target was found, so none is looked for again
 
 
 def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(pud_run, badnets_model, tmp_path):
