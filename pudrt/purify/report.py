@@ -96,6 +96,8 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
     if result.residual is not None:
         lines.append(("WARNING: " if result.residual["persists"] else "") + "residual check (target discovery on the "
                      f"purified model, residual.json): {result.residual['statement']}")
+    elif cfg.residual_check and result.target.target_class is None:
+        lines.append("residual check: not run, no target class was found to look for again")
     last = result.history[-1] if result.history else {}
     if result.before is not None:
         lines.append(f"before: {_fmt(result.before)}")
