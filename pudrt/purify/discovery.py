@@ -271,7 +271,6 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
                           int(into.sum()), cut, pattern.round(4).tolist(), pattern_z.round(2).tolist())
 
 
-
 def residual_verdict(before: TargetEvidence, after: TargetEvidence) -> dict:
     """Compare target discovery on the input model (`before`, which named a class) with a run on the purified
     model (`after`, the same samples): when the purified model still singles out the found target, the backdoor
