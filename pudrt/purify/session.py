@@ -60,6 +60,10 @@ class Evaluation:
         return row
 
 
+RESUME_INDIFFERENT = ("residual_check",)
+"""Settings a run may change between a checkpoint and its resumption."""
+
+
 class Session:
     """One run's data, output folder and history; writes a checkpoint after each step."""
 
@@ -101,7 +105,9 @@ class Session:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _config_json(self) -> str:
-        return json.dumps(self.cfg.to_dict(), sort_keys=True)
+        # the residual check reads the finished model and changes no step, so a run may resume with it on or off
+        settings = {k: v for k, v in self.cfg.to_dict().items() if k not in RESUME_INDIFFERENT}
+        return json.dumps(settings, sort_keys=True)
 
     def save(self, step: int, state: dict[str, torch.Tensor | np.ndarray | str | None]) -> None:
         """Checkpoint after `step`: tensors and strings only, so it loads with weights_only=True."""
