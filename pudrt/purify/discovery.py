@@ -248,8 +248,8 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
     order = np.argsort(-score)
     best, runner_up = int(order[0]), float(score[order[1]]) if classes > 1 else 0.0
     evidence = (f"{share[best]:.0%} of other classes' samples have class {best} as their nearest adversarial class "
-                f"(median class "
-                f"{np.median(share):.0%}, z={flip_z[best]:.1f}); {survival[best]:.0%} of its samples survive PGD "
+                f"(median class {np.median(share):.0%}, z={flip_z[best]:.1f}); {survival[best]:.0%} of its samples "
+                f"survive PGD "
                 f"(median {np.median(survival):.0%}, z={survival_z[best]:.1f}); {robust[best]:.0%} barely move "
                 f"under a patch perturbation (median {np.median(robust):.0%}, z={robust_z[best]:.1f}); "
                 f"{mass[best]:.0%} lie outside a robust fit of its features (median {np.median(mass):.0%}, "

@@ -78,12 +78,15 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
     for p in infected.parameters():
         p.requires_grad_(False)
 
+    def discover(net: nn.Module) -> TargetEvidence:  # the same samples each time (same seed)
+        return discover_target(net, as_pair(net), data, num_classes, samples=cfg.discovery_samples,
+                               kl_eps=cfg.kl_eps, kl_radius=cfg.kl_radius, seed=cfg.seed)
+
     found = out / "target.json"
     if found.exists() and session.latest() is not None:
         target = TargetEvidence(**json.loads(found.read_text()))
     else:
-        target = discover_target(infected, as_pair(infected), data, num_classes, samples=cfg.discovery_samples,
-                                 kl_eps=cfg.kl_eps, kl_radius=cfg.kl_radius, seed=cfg.seed)
+        target = discover(infected)
         write_json_atomic(found, target.to_dict())
     before = next((r["eval"] for r in session.history if r.get("step") == 0 and "eval" in r), None)
     if evaluation is not None and not session.history:
@@ -98,14 +101,17 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
         finished = True  # AdvrBD has no --stop-after; its four stages always run to the end
     student.eval()
     residual = None
-    (out / "residual.json").unlink(missing_ok=True)  # never left from an earlier run beside this run's model
+    checked = out / "residual.json"
     if finished and cfg.residual_check and target.target_class is not None:
-        # the same samples as the first discovery (same seed), read through the purified model
-        after = discover_target(student, as_pair(student), data, num_classes, samples=cfg.discovery_samples,
-                                kl_eps=cfg.kl_eps, kl_radius=cfg.kl_radius, seed=cfg.seed)
-        write_json_atomic(out / "residual.json", after.to_dict())
+        if session.saved == 0 and checked.exists():  # a run that had already ended: its model is unchanged
+            after = TargetEvidence(**json.loads(checked.read_text()))
+        else:
+            after = discover(student)
+            write_json_atomic(checked, after.to_dict())
         residual = residual_verdict(target, after)
         (log.warning if residual["persists"] else log.info)("residual check: %s", residual["statement"])
+    else:
+        checked.unlink(missing_ok=True)  # never left from an earlier run beside this run's model
     result = PurifyResult(student, data.index[pools.clean], data.index[pools.poison], target, session.history,
                           before, bool(finished), time.perf_counter() - start,
                           pixels(data, np.arange(min(32, len(data))))[0], residual)

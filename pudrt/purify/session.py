@@ -75,6 +75,8 @@ class Session:
             self.truth = np.zeros(len(data), bool)
             self.truth[truth_rows] = True
         self.history: list[dict] = []
+        self.saved = 0
+        """Checkpoints written by this session (0: it only reloaded a run that had already ended)."""
         self.started = time.perf_counter()
         (self.out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
 
@@ -120,6 +122,7 @@ class Session:
             blob[k] = v
         with atomic_path(self.out / CHECKPOINTS / f"step-{step}.pt") as tmp:
             torch.save(blob, tmp)
+        self.saved += 1
 
     def latest(self) -> dict | None:
         """The newest checkpoint of this configuration, or None; another configuration's is an error."""
