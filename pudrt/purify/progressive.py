@@ -159,9 +159,9 @@ def anchored_filter(features: np.ndarray, members: np.ndarray, inside: np.ndarra
     `members`): its scores, the rows it flags (at most `cap`) and what it saw."""
     fit = anchored_scores(features[members], inside)
     hits = fit.flagged if len(fit.flagged) <= cap else flag_top(fit.scores, cap)
-    return fit.scores, members[hits], {"fit": "anchored", "anchors": len(inside), "k": fit.k,
-                                       "cut": round(fit.cut, 2), "beyond_cut": len(fit.flagged),
-                                       "flagged": len(hits)}
+    return fit.scores, members[hits], {"fit": "anchored", "anchors": len(inside), "anchors_kept": len(fit.anchors),
+                                       "rounds": fit.rounds, "k": fit.k, "cut": round(fit.cut, 2),
+                                       "beyond_cut": len(fit.flagged), "flagged": len(hits)}
 
 
 def split_pools(consistency: np.ndarray, labels: np.ndarray, infected_pred: np.ndarray, judge_pred: np.ndarray,

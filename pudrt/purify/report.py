@@ -24,7 +24,9 @@ def _filter_line(fit: dict) -> str:
     if fit["fit"] == "anchored":
         source = ("rows of the clean pool the judge reads as the class" if fit.get("anchors_from") == "judge"
                   else "rows in the first clean pool")
-        how = f"a fit on its {fit['anchors']} {source} (beyond χ²_{fit['k']} {fit['cut']})"
+        kept = fit.get("anchors_kept", fit["anchors"])  # histories written before the trimmed fit lack it
+        trim = f", {fit['anchors'] - kept} dropped as beyond their own fit" if kept != fit["anchors"] else ""
+        how = f"a fit on its {fit['anchors']} {source}{trim} (beyond χ²_{fit['k']} {fit['cut']})"
     else:
         how = f"SPECTRE (k {fit['k']}, {fit['expected_poisons']} expected poisons)"
     truth = f", {fit['flagged_quality']['precision']:.1%} poisons by ground truth" if "flagged_quality" in fit else ""

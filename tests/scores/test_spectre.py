@@ -19,14 +19,14 @@ def auroc(scores, is_poison):
     return (ranks[is_poison].sum() - p * (p + 1) / 2) / (p * (len(scores) - p))
 
 
-def planted(share, distance, seed=0, clean=1000, d=64):
-    """Anisotropic Gaussian 'clean features' plus a tighter cluster of poisons `distance` away."""
+def planted(share, distance, seed=0, clean=1000, d=64, spread=0.5):
+    """Anisotropic Gaussian 'clean features' plus a cluster of poisons `distance` away, `spread` times as wide."""
     rng = np.random.default_rng(seed)
     mix = rng.normal(size=(d, d)) / np.sqrt(d) * np.linspace(3, 0.1, d)[None, :]
     n_p = int(round(share / (1 - share) * clean))
     shift = rng.normal(size=d)
     shift *= distance / np.linalg.norm(shift)
-    x = np.vstack([rng.normal(size=(clean, d)) @ mix.T, rng.normal(size=(n_p, d)) @ mix.T * 0.5 + shift]) + 5
+    x = np.vstack([rng.normal(size=(clean, d)) @ mix.T, rng.normal(size=(n_p, d)) @ mix.T * spread + shift]) + 5
     return x, np.r_[np.zeros(clean, bool), np.ones(n_p, bool)]
 
 
