@@ -199,7 +199,11 @@ def residual_note(res: dict | None) -> str:
     if not res:
         return "-"
     named = "none" if res["named_after"] is None else f"class {res['named_after']}"
-    return f"{res['evidence_before']}→{res['evidence_after']}, names {named}"
+    if "discovery_after" not in res:  # rows before 2026-11-30's behaviour evidence: discovery's scores only
+        return f"{res['evidence_before']}→{res['evidence_after']}, names {named}"
+    verdict = "persists" if res["persists"] else "gone"
+    return (f"{res['evidence_before']}→{res['evidence_after']} ({res['discovery_before']}→{res['discovery_after']} "
+            f"with outlier mass), names {named}, {verdict}")
 
 
 def write_results_md() -> None:
@@ -214,7 +218,10 @@ def write_results_md() -> None:
         "test images (PGD-7, ε=6/255, α=ε/5). Target-class acc: on the clean test images of the attack's target",
         'class (recorded from 2026-11-23; "-" before). Pools against poison.json. Residual: target discovery on the',
         "purified model (from 2026-11-30, where a target was found): the target's evidence before→after and the class",
-        "discovery names in the purified model (the target again: the backdoor likely persists). Minutes:",
+        "discovery names in the purified model. Rows written after the full-set AdvrBD row of 2026-11-30 show the",
+        "verdict's behaviour evidence (discovery.RESIDUAL_SIGNALS; with the features' outlier mass in brackets) and",
+        "whether the backdoor persists; older rows show discovery's full scores, where naming the target again meant",
+        "it persists (a false alarm on that AdvrBD row: README). Minutes:",
         "purification alone (with the residual check from 2026-11-30), on this 2-core CPU. The epoch schedule is the",
         f"authors' times `epochs_scale`. Bar to beat: {PAPER}.",
         "",

@@ -271,27 +271,55 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
                           int(into.sum()), cut, pattern.round(4).tolist(), pattern_z.round(2).tolist())
 
 
+RESIDUAL_SIGNALS = ("flip_z", "survival_z", "robust_z", "pattern_z")
+"""The evidence the residual check reads: how the model behaves under attack (nearest adversarial class, PGD
+survival, patch robustness, the shared pattern). The outlier mass of the class's features is left out: it reads
+DATA as much as the model, and the poisons stay in DATA under the target's label, so a purified model that reads
+them as their own classes sets them apart and keeps the mass up. Measured on full CIFAR-10 (resnet9w16, 2026-11-30):
+after PUD the found class's mass z was 7.4 / 7.8 / 7.3 (BadNets / Blend / WaNet, ASR 1.1-1.8%) and every other
+signal under 0.4; after AdvrBD on BadNets (ASR 1.5%) mass z 12.7, the rest 0.3, and discovery named the class
+again. After PBE, which left the backdoor in (ASR 89.6%, 1,500 images per class), patch robustness z 8.2 and the
+shared pattern's z 9.7."""
+
+
+def behaviour_score(evidence: TargetEvidence) -> np.ndarray:
+    """Each class's evidence summed over RESIDUAL_SIGNALS (positive parts, as in `discover_target`)."""
+    parts = [np.maximum(np.asarray(getattr(evidence, k), dtype=float), 0) for k in RESIDUAL_SIGNALS
+             if len(getattr(evidence, k))]  # pattern_z is empty in target.json files written before it existed
+    return np.sum(parts, axis=0)
+
+
 def residual_verdict(before: TargetEvidence, after: TargetEvidence) -> dict:
     """Compare target discovery on the input model (`before`, which named a class) with a run on the purified
-    model (`after`, the same samples): when the purified model still singles out the found target, the backdoor
-    likely persists.
+    model (`after`, the same samples): when the purified model still singles out the found target by how it
+    behaves (RESIDUAL_SIGNALS, named by the same MIN_SCORE / MIN_GAP rule), the backdoor likely persists.
 
     Another class named after purification is reported but is no sign of a backdoor by itself: adversarial
     fine-tuning alone can make a class stand out (a clean resnet8, the tests' model, after quick PUD: class 0,
     evidence 10.2, from its airplanes' natural robustness). Returns the history row, with `persists` and a
-    `statement`."""
+    `statement`; `evidence_*` are the behaviour evidence, `discovery_*` discovery's full scores."""
     t, named = before.target_class, after.target_class
     if t is None:
         raise ValueError("the residual check compares against a found target class")
-    b, a = float(before.score[t]), float(after.score[t])
-    if named == t:
+    b, a = float(behaviour_score(before)[t]), float(behaviour_score(after)[t])
+    others = np.delete(behaviour_score(after), t)
+    persists = a >= MIN_SCORE and a - (float(others.max()) if len(others) else 0.0) >= MIN_GAP
+    signals = "adversarial flips, PGD survival, patch robustness and the shared pattern"
+    if persists:
         statement = (f"the backdoor likely persists: the purified model still singles out class {t} (evidence "
-                     f"{a:.1f}; {b:.1f} before purification)")
+                     f"{a:.1f} from {signals}; {b:.1f} before purification)")
     else:
-        statement = (f"class {t} no longer stands out in the purified model (evidence {b:.1f} before, {a:.1f} "
-                     f"after; naming a class needs ≥ {MIN_SCORE:g} and a lead of ≥ {MIN_GAP:g})")
-        if named is not None:
+        statement = (f"class {t} no longer stands out in how the purified model behaves (evidence {b:.1f} before, "
+                     f"{a:.1f} after, from {signals}; naming a class needs ≥ {MIN_SCORE:g} and a lead of ≥ "
+                     f"{MIN_GAP:g})")
+        if named == t:
+            statement += (f"; discovery still names it from the outlier mass of its features alone "
+                          f"({after.outlier_mass[t]:.0%} outside a robust fit, z={after.mass_z[t]:.1f}): the "
+                          f"poisons are still in DATA under its label, and a model that reads them as their own "
+                          f"classes sets them apart")
+        elif named is not None:
             statement += (f"; class {named} does (evidence {after.score[named]:.1f}), which adversarial fine-tuning "
                           f"alone can cause")
-    return {"class": t, "evidence_before": round(b, 2), "evidence_after": round(a, 2), "named_after": named,
-            "persists": named == t, "statement": statement}
+    return {"class": t, "evidence_before": round(b, 2), "evidence_after": round(a, 2),
+            "discovery_before": round(float(before.score[t]), 2), "discovery_after": round(float(after.score[t]), 2),
+            "named_after": named, "persists": bool(persists), "statement": statement}

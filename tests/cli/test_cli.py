@@ -294,6 +294,7 @@ def test_purify_writes_model_onnx_pools_history_and_report(tmp_path, badnets_mod
     assert history["method"] == "pbe" and [r["step"] for r in history["steps"]] == [1, 2, 3, 4]
     # the authors' PBE at a tenth of its schedule leaves this backdoor in (lr 0.001, one epoch a step), and the
     # residual check (target discovery again, on the purified model) says so: measured evidence 31.2 -> 34.4
+    # (discovery's full scores, before the verdict left out the outlier mass)
     assert history["target"]["target_class"] == 0 and history["residual"]["persists"], history["residual"]
     assert "WARNING: residual check (target discovery on the purified model" in text, text
     assert "the backdoor likely persists" in (out / "report.md").read_text() and (out / "residual.json").is_file()

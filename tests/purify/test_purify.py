@@ -83,7 +83,8 @@ def test_pud_halves_asr_and_keeps_clean_accuracy(pud_run):
     clean = np.load(out / "clean_indices.npy")
     assert len(clean) == len(result.clean_indices)
     assert not np.isin(clean, np.load(out / "poison_indices.npy")).any()  # the pools are disjoint
-    # the residual check: discovery on the purified model no longer names the target (measured 25.2 -> 0.0)
+    # the residual check: discovery on the purified model no longer names the target (measured 25.2 -> 0.0 in
+    # discovery's full scores)
     residual = history["residual"]
     assert residual == result.residual and (out / "residual.json").is_file()
     assert residual["class"] == 0 and not residual["persists"], residual
