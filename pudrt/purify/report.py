@@ -25,8 +25,8 @@ def _filter_line(fit: dict) -> str:
         source = ("rows of the clean pool the judge reads as the class" if fit.get("anchors_from") == "judge"
                   else "rows in the first clean pool")
         kept = fit.get("anchors_kept", fit["anchors"])  # histories written before the trimmed fit lack it
-        trim = f", {fit['anchors'] - kept} dropped as beyond their own fit" if kept != fit["anchors"] else ""
-        how = f"a fit on its {fit['anchors']} {source}{trim} (beyond χ²_{fit['k']} {fit['cut']})"
+        trim = f"; {fit['anchors'] - kept} of them dropped as beyond it" if kept != fit["anchors"] else ""
+        how = f"a fit on its {fit['anchors']} {source} (beyond χ²_{fit['k']} {fit['cut']}{trim})"
     else:
         how = f"SPECTRE (k {fit['k']}, {fit['expected_poisons']} expected poisons)"
     truth = f", {fit['flagged_quality']['precision']:.1%} poisons by ground truth" if "flagged_quality" in fit else ""
