@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,16 @@ class Session:
         settings = {k: v for k, v in self.cfg.to_dict().items() if k not in RESUME_INDIFFERENT}
         return json.dumps(settings, sort_keys=True)
 
+    def _matches(self, stored: str | None) -> bool:
+        """Are a checkpoint's settings this run's? A setting pudrt gained after the checkpoint was written matches
+        when this run leaves it at its default (a run started before an upgrade resumes with the same options)."""
+        if stored is None:
+            return False
+        theirs, ours = json.loads(stored), json.loads(self._config_json())
+        defaults = json.loads(json.dumps({f.name: f.default for f in fields(self.cfg) if f.default is not MISSING}))
+        theirs.update({k: v for k, v in ours.items() if k not in theirs and k in defaults and v == defaults[k]})
+        return theirs == ours
+
     def save(self, step: int, state: dict[str, torch.Tensor | np.ndarray | str | None]) -> None:
         """Checkpoint after `step`: tensors and strings only, so it loads with weights_only=True."""
         blob = {"step": step, "config": self._config_json(), "history": json.dumps(self.history)}
@@ -134,7 +144,7 @@ class Session:
         except Exception as err:  # noqa: BLE001 - a damaged checkpoint: say which and how to recover
             raise PudrtError(f"{files[-1]}: cannot read this checkpoint ({err}); delete it to resume from the "
                              f"one before, or use a new output folder") from err
-        if blob.get("config") != self._config_json():
+        if not self._matches(blob.get("config")):
             raise PudrtError(f"{self.out} holds checkpoints of a run with different settings; resume with the "
                              f"same options, or pass --restart (or a new -o) to start over")
         self.history = json.loads(blob["history"])

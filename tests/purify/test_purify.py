@@ -190,7 +190,11 @@ def test_resuming_from_a_step_checkpoint_gives_the_same_next_step(pud_run, badne
     killed = tmp_path / "killed"
     (killed / CHECKPOINTS).mkdir(parents=True)
     shutil.copy(out / "target.json", killed)
-    shutil.copy(out / CHECKPOINTS / "step-0.pt", killed / CHECKPOINTS)
+    # written before pudrt gained a setting (finish_negatives, 2026-11-30): still resumes, the setting at its default
+    blob = torch.load(out / CHECKPOINTS / "step-0.pt", weights_only=True)
+    settings = json.loads(blob["config"])
+    del settings["finish_negatives"]
+    torch.save({**blob, "config": json.dumps(settings, sort_keys=True)}, killed / CHECKPOINTS / "step-0.pt")
     resumed = purify(badnets_model, data, cfg, killed, 10, evaluation, stop_after=2)
     assert not resumed.finished and [r["step"] for r in resumed.history] == [0, 1, 2]
     # step 2 resumed equals step 2 of the run that went straight through: weights, teacher, pools and scores
