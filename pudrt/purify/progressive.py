@@ -62,7 +62,7 @@ with the learning rate annealed to 0, the gated set unlearned alongside, ended
 the benchmark run at C-Acc 84.4, ASR 0.8%, adv_acc 3.2% (infected 84.8 / 95.7 / 1.2)
 with SPECTRE as the target-class filter, at 84.8 / 1.4% / 3.6% with the anchored fit.
 The gated set is no longer unlearned in the finish (config.finish_negatives): its
-clean airplanes cost the target class 3.4 points there for 0.1-0.2 points of ASR.
+clean airplanes cost the target class 3.3-3.4 points there for 0.1-0.2 points of ASR.
 """
 
 from __future__ import annotations

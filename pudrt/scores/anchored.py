@@ -23,7 +23,7 @@ lose a handful, and the poisons, which lie far out once the fit no longer
 leans on them, go first. Measured on full CIFAR-10 (resnet9w16, infected
 model's features of the target class): WaNet's 694 judge-confirmed anchors
 held 76 poisons; the plain fit flagged 1,974 rows at 97.6% precision and
-38.5% recall, the trimmed fit (9 rounds, 607 anchors, 1 poison) 5,048 at
+38.5% recall, the trimmed fit (10 fits, 607 anchors, 1 poison) 5,048 at
 96.8% / 97.8%. Where the anchors were nearly clean it changed little:
 BadNets (500 anchors, 20 poisons) 97.4% / 98.1% -> 95.9% / 99.2%, Blend (502,
 none) 92.2% / 98.6% -> 91.1% / 99.0%. Trimming a fixed share instead (the
