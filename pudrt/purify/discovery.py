@@ -243,8 +243,7 @@ def discover_target(model: nn.Module, pair: nn.Module, data: Materialized, class
     mass_z = _robust_z(mass, floor=0.02)
     pattern = pattern_flips(model, data, classes, seed=seed)
     pattern_z = _robust_z(pattern, floor=PATTERN_FLOOR)
-    # each kind of evidence is one-sided (module docstring): only its positive part adds
-    score = sum(np.maximum(z, 0) for z in (flip_z, survival_z, robust_z, mass_z, pattern_z))
+    score = _summed((flip_z, survival_z, robust_z, mass_z, pattern_z))
     order = np.argsort(-score)
     best, runner_up = int(order[0]), float(score[order[1]]) if classes > 1 else 0.0
     evidence = (f"{share[best]:.0%} of other classes' samples have class {best} as their nearest adversarial class "
@@ -282,11 +281,15 @@ again. After PBE, which left the backdoor in (ASR 89.6%, 1,500 images per class)
 shared pattern's z 9.7."""
 
 
+def _summed(zs) -> np.ndarray:
+    """Each class's evidence: each kind is one-sided (module docstring), so only its positive part adds."""
+    return np.sum([np.maximum(np.asarray(z, dtype=float), 0) for z in zs], axis=0)
+
+
 def behaviour_score(evidence: TargetEvidence) -> np.ndarray:
-    """Each class's evidence summed over RESIDUAL_SIGNALS (positive parts, as in `discover_target`)."""
-    parts = [np.maximum(np.asarray(getattr(evidence, k), dtype=float), 0) for k in RESIDUAL_SIGNALS
-             if len(getattr(evidence, k))]  # pattern_z is empty in target.json files written before it existed
-    return np.sum(parts, axis=0)
+    """Each class's evidence summed over RESIDUAL_SIGNALS."""
+    # pattern_z is empty in target.json files written before it existed
+    return _summed([getattr(evidence, k) for k in RESIDUAL_SIGNALS if len(getattr(evidence, k))])
 
 
 def residual_verdict(before: TargetEvidence, after: TargetEvidence) -> dict:
@@ -301,8 +304,9 @@ def residual_verdict(before: TargetEvidence, after: TargetEvidence) -> dict:
     t, named = before.target_class, after.target_class
     if t is None:
         raise ValueError("the residual check compares against a found target class")
-    b, a = float(behaviour_score(before)[t]), float(behaviour_score(after)[t])
-    others = np.delete(behaviour_score(after), t)
+    after_scores = behaviour_score(after)
+    b, a = float(behaviour_score(before)[t]), float(after_scores[t])
+    others = np.delete(after_scores, t)
     persists = a >= MIN_SCORE and a - (float(others.max()) if len(others) else 0.0) >= MIN_GAP
     signals = "adversarial flips, PGD survival, patch robustness and the shared pattern"
     if persists:
