@@ -75,8 +75,16 @@ def demo(
         rows["purified"] = {**result.history[-1]["eval"], "seconds": round(result.seconds, 1),
                             "model": str(out / "purified" / "model.pt"), "target_found": result.target.target_class}
     write_json_atomic(out / "summary.json", {"attack": spec.params(), "test": str(test.root), "models": rows})
-    typer.echo(f"\n{'model':<10}{'C-Acc':>8}{'ASR':>8}{'adv_acc':>9}{'seconds':>9}")
+    target = None if spec.all_to_all else test.classes[spec.target]
+    extra = f"{target[:9]:>10}{'answers':>9}" if target else ""
+    typer.echo(f"\n{'model':<10}{'C-Acc':>8}{'ASR':>8}{'adv_acc':>9}{extra}{'seconds':>9}")
     for name, r in rows.items():
-        typer.echo(f"{name:<10}{r['c_acc']:>8.3f}{r['asr']:>8.3f}{r[ADV]:>9.3f}{r['seconds']:>9.0f}")
-    typer.echo(f"\nadv_acc is {ADV} on {adv_samples} test images; seconds are training or purification time."
-               f"\nsummary: {out / 'summary.json'}")
+        extra = f"{r['target_class_acc']:>10.3f}{r['target_share']:>9.3f}" if target else ""
+        typer.echo(f"{name:<10}{r['c_acc']:>8.3f}{r['asr']:>8.3f}{r[ADV]:>9.3f}{extra}{r['seconds']:>9.0f}")
+    typer.echo(f"\nadv_acc is {ADV} on {adv_samples} test images; seconds are training or purification time.")
+    if target:
+        typer.echo(f"{target[:9]}: accuracy on the test images of the target class; answers: the share of all test "
+                   f"images a model calls {target}. Poisons labelled {target} teach a model to answer it more often, "
+                   f"which lifts its {target} accuracy" + (": compare the purified model's with the clean one's."
+                                                            if "purified" in rows else "."))
+    typer.echo(f"summary: {out / 'summary.json'}")

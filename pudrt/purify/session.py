@@ -52,6 +52,10 @@ class Evaluation:
                     own = labels == self.attack.target
                     row["target_class_acc"] = float((pred[own] == labels[own]).float().mean()) if bool(
                         own.any()) else float("nan")
+                    # poisons labelled with the target teach a model to answer it more often, which lifts its
+                    # target-class accuracy: this share (the truth is own.mean()) shows how much
+                    row["target_share"] = float((pred == self.attack.target).float().mean()) if len(labels) else \
+                        float("nan")
             name = f"adv_acc@PGD-{self.steps}/{round(self.eps * 255)}"
             row[name] = adversarial_accuracy(model, self.test, self.eps, self.steps, limit=self.adv_limit)
         finally:

@@ -227,6 +227,12 @@ def test_demo_runs_the_story_and_writes_a_summary(tmp_path):
     for row in summary["models"].values():
         assert 0 <= row["c_acc"] <= 1 and 0 <= row["asr"] <= 1 and 0 <= row["adv_acc@PGD-7/6"] <= 1
         assert Path(row["model"]).is_file()
+        # how often a model answers the target: its correct target answers (a tenth of the test set) are in it
+        assert row["target_class_acc"] / 10 <= row["target_share"] <= 1, row
+    # each model's target-class accuracy and answer share sit beside the clean model's (README: the infected
+    # model's is lifted by its poisons)
+    header = next(line for line in out.splitlines() if line.startswith("model"))
+    assert header.split() == ["model", "C-Acc", "ASR", "adv_acc", "airplane", "answers", "seconds"], out
     assert (tmp_path / "demo" / "purified" / "model.onnx").is_file()
     code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8", "--purify-scale", "0",
                        "--adv-samples", "50", "--per-class", "50")
