@@ -44,8 +44,11 @@ def main() -> None:
     p.add_argument("--work", default=str(Path.home() / ".cache" / "pudrt" / "bench"))
     p.add_argument("--label", default="")
     p.add_argument("--per-class", type=int, default=None,
-                   help="train and purify on this many poisoned training images per class (a stratified subset, "
-                        "the same every run) instead of all 50,000; the test set stays whole")
+                   help="take this many clean training images per class (a stratified subset, the same every run), "
+                        "then poison them at the attack's rate, instead of all 50,000; the test set stays whole")
+    p.add_argument("--reference", action="store_true",
+                   help="also train a model on the same training images without the poisons (cached) and record its "
+                        "C-Acc and target-class acc beside the purified model's")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a purification setting (a PurifyConfig field) for every method, e.g. "
                         "--set shared_pattern=false; repeatable; the row and its output folder name it")
@@ -73,13 +76,16 @@ def main() -> None:
     test = resolve_data(args.data, "test")
     for name in args.attacks.split(","):
         attack = create_attack(name)
-        poisoned_dir = Path(args.work) / f"cifar10-{attack.name}-{attack.ratio}"
-        if not (poisoned_dir / "poison.json").is_file():
-            poison_dataset(train, attack, poisoned_dir, "npz")
-        poisoned = open_dataset(poisoned_dir)
-        subset = ""
+        # A subset is drawn from the clean images and then poisoned, so it holds as many clean images of the target
+        # class as of any other. (Rows before 2026-11-30 subset the poisoned set instead, whose target class is
+        # half poisons: their target class had half the clean images of the others; README.)
+        source, subset = train, ""
         if args.per_class:
-            poisoned, subset = poisoned.per_class(args.per_class), f"-{args.per_class}pc"
+            source, subset = train.per_class(args.per_class), f"-{args.per_class}pc-clean"
+        poisoned_dir = Path(args.work) / f"cifar10{subset}-{attack.name}-{attack.ratio}"
+        if not (poisoned_dir / "poison.json").is_file():
+            poison_dataset(source, attack, poisoned_dir, "npz")
+        poisoned = open_dataset(poisoned_dir)
         model_path = Path(args.work) / f"infected-{attack.name}{subset}-{args.arch}-{args.train_epochs}ep.pt"
         train_minutes = None
         if not model_path.is_file():
@@ -94,6 +100,17 @@ def main() -> None:
                   f"it longer (delete it and pass a larger --train-epochs) or use more data", flush=True)
             continue
         evaluation = Evaluation(test, attack, adv_limit=args.adv_samples)
+        reference = None
+        if args.reference:
+            ref_path = Path(args.work) / f"clean{subset or '-full'}-{args.arch}-{args.train_epochs}ep.pt"
+            if not ref_path.is_file():
+                save_model(train_model(source, TrainConfig(arch=args.arch, epochs=args.train_epochs)).model,
+                           ref_path, args.arch, 10)
+            ref_model = load_model(ref_path).net.eval()
+            reference = {"model": ref_path.name, "c_acc": evaluation(ref_model)["c_acc"],
+                         "target_acc": target_accuracy(ref_model, test, attack.target)}
+            print(f"clean reference {ref_path.name}: C-Acc {reference['c_acc']:.4f}, target-class acc "
+                  f"{reference['target_acc']:.4f}", flush=True)
         for method in args.methods.split(","):
             infected = load_model(model_path).net
             cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale, **options)
@@ -117,7 +134,8 @@ def main() -> None:
                 "train_samples": len(poisoned), "per_class": args.per_class,
                 "train_minutes": train_minutes, "before": res.before, "after": after,
                 "target_found": res.target.target_class, "target_true": attack.target,
-                "target_acc": target_acc, "clean_pool": pools.get("clean_pool"),
+                "target_acc": target_acc, "reference": reference, "subset": "clean-first" if subset else None,
+                "clean_pool": pools.get("clean_pool"),
                 "poison_pool": pools.get("poison_pool"),
                 "target_gate": gate and {k: gate[k] for k in ("rows", "estimated_precision", "poison_pool", "skipped")
                                               if k in gate},
@@ -183,7 +201,10 @@ def _pct(x) -> str:
 
 def subset_note(row: dict) -> str:
     """The subset, and the infected model's epochs where they are not the default 15."""
-    notes = [f"{row['per_class']:,}/class"] if row.get("per_class") else []
+    notes = []
+    if row.get("per_class"):
+        notes.append(f"{row['per_class']:,} clean/class, then poisoned" if row.get("subset") == "clean-first"
+                     else f"{row['per_class']:,}/class")
     if row.get("train_epochs", 15) != 15:
         notes.append(f"infected model {row['train_epochs']} epochs")
     return f" ({', '.join(notes)})" if notes else ""
@@ -216,7 +237,12 @@ def write_results_md() -> None:
         "SIG clean-label), no clean data, target class not",
         "given. C-Acc on the 10,000 test images, ASR on the triggered non-target ones, adv_acc on evenly spaced",
         "test images (PGD-7, ε=6/255, α=ε/5). Target-class acc: on the clean test images of the attack's target",
-        'class (recorded from 2026-11-23; "-" before). Pools against poison.json. Residual: target discovery on the',
+        'class (recorded from 2026-11-23; "-" before). "(clean X)": a model trained on the same images without the',
+        "poisons (`--reference`), the fair bar for the purified model's target-class acc, since poisons labelled with",
+        "the target teach the infected model to answer it more often. A subset named \"N/class\" (before 2026-11-30)",
+        "was drawn from the poisoned set, whose target class is half poisons, so it had half the clean target-class",
+        "images of the other classes; \"N clean/class, then poisoned\" is drawn first and then poisoned.",
+        "Pools against poison.json. Residual: target discovery on the",
         "purified model (from 2026-11-30, where a target was found): the target's evidence before→after and the class",
         "discovery names in the purified model. Rows written after the full-set AdvrBD row of 2026-11-30 show the",
         "verdict's behaviour evidence (discovery.RESIDUAL_SIGNALS; with the features' outlier mass in brackets) and",
@@ -233,12 +259,15 @@ def write_results_md() -> None:
     for r in rows:
         b, a = r["before"] or {}, r["after"] or {}
         cp, pp, ta = r.get("clean_pool") or {}, r.get("poison_pool") or {}, r.get("target_acc") or {}
+        ref = r.get("reference") or {}
+        ref_c, ref_t = ((f" (clean {_pct(ref['c_acc'])})", f" (clean {_pct(ref['target_acc'])})") if ref
+                        else ("", ""))
         lines.append(
             f"| {r['date']} | {r['attack']}{subset_note(r)} | {r['method']}{options_note(r)} | {r['arch']} | "
             f"{r['epochs_scale']} | "
-            f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))} | {_pct(b.get('asr'))}→{_pct(a.get('asr'))} | "
+            f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))}{ref_c} | {_pct(b.get('asr'))}→{_pct(a.get('asr'))} | "
             f"{_pct(b.get(adv))}→{_pct(a.get(adv))} | {r['target_found']} (true {r['target_true']}) | "
-            f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | "
+            f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))}{ref_t} | "
             f"{_pct(cp.get('precision'))} / {_pct(cp.get('recall'))} | {_pct(pp.get('precision'))} / "
             f"{_pct(pp.get('recall'))} | {residual_note(r.get('residual'))} | {r['purify_minutes']} | "
             f"{r.get('commit') or 'earlier'} |"
