@@ -27,6 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "purify_cifar10.jsonl"
+ADV = "adv_acc@PGD-7/6"
 
 # The AdvrBD paper's CIFAR-10 table (ResNet-18, its attacks): the bar the issue sets.
 PAPER = "AdvrBD paper, CIFAR-10: BadNets C-Acc 85.72% / ASR 0.00%; average over its attacks 85.14% / 0.53%"
@@ -106,9 +107,9 @@ def main() -> None:
             if not ref_path.is_file():
                 save_model(train_model(source, TrainConfig(arch=args.arch, epochs=args.train_epochs)).model,
                            ref_path, args.arch, 10)
-            ref_model = load_model(ref_path).net.eval()
-            reference = {"model": ref_path.name, "c_acc": evaluation(ref_model)["c_acc"],
-                         "target_acc": target_accuracy(ref_model, test, attack.target)}
+            ref_eval = evaluation(load_model(ref_path).net)
+            reference = {"model": ref_path.name, "c_acc": ref_eval["c_acc"], "target_acc": ref_eval["target_class_acc"],
+                         "asr": ref_eval["asr"], "adv_acc": ref_eval[ADV]}
             print(f"clean reference {ref_path.name}: C-Acc {reference['c_acc']:.4f}, target-class acc "
                   f"{reference['target_acc']:.4f}", flush=True)
         for method in args.methods.split(","):
@@ -122,8 +123,7 @@ def main() -> None:
             after = res.history[-1]["eval"]
             # ASR means little when the model never predicts the target (SIG: neither model recognises a clean
             # airplane), so the target class's own test accuracy is recorded beside it
-            target_acc = {"before": target_accuracy(load_model(model_path).net, test, attack.target),
-                          "after": target_accuracy(res.model, test, attack.target)}
+            target_acc = {"before": res.before["target_class_acc"], "after": after["target_class_acc"]}
             pools = next((r["pools"] for r in reversed(res.history) if r.get("pools")), {})
             gate = next((r["target_gate"] for r in res.history if r.get("target_gate")), None)
             finish = res.history[-1].get("stage") == "finish"
@@ -166,19 +166,6 @@ def parse_options(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             options[key] = value
     return options
-
-
-def target_accuracy(model, test, target: int) -> float:
-    """Top-1 accuracy on the clean test images of class `target`."""
-    import torch
-
-    from pudrt.evaluate import predict
-
-    model.eval()
-    with torch.no_grad():
-        pred, labels = predict(model, test)
-    mask = labels == target
-    return float((pred[mask] == target).float().mean()) if bool(mask.any()) else float("nan")
 
 
 def git_commit() -> str | None:
@@ -229,7 +216,6 @@ def residual_note(res: dict | None) -> str:
 
 def write_results_md() -> None:
     rows = [json.loads(line) for line in open(RESULTS) if line.strip()]
-    adv = "adv_acc@PGD-7/6"
     lines = [
         "## Purification (`benchmarks/purify_cifar10.py`)",
         "",
@@ -266,7 +252,7 @@ def write_results_md() -> None:
             f"| {r['date']} | {r['attack']}{subset_note(r)} | {r['method']}{options_note(r)} | {r['arch']} | "
             f"{r['epochs_scale']} | "
             f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))}{ref_c} | {_pct(b.get('asr'))}→{_pct(a.get('asr'))} | "
-            f"{_pct(b.get(adv))}→{_pct(a.get(adv))} | {r['target_found']} (true {r['target_true']}) | "
+            f"{_pct(b.get(ADV))}→{_pct(a.get(ADV))} | {r['target_found']} (true {r['target_true']}) | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))}{ref_t} | "
             f"{_pct(cp.get('precision'))} / {_pct(cp.get('recall'))} | {_pct(pp.get('precision'))} / "
             f"{_pct(pp.get('recall'))} | {residual_note(r.get('residual'))} | {r['purify_minutes']} | "
