@@ -56,7 +56,12 @@ def main() -> None:
     p.add_argument("--min-asr", type=float, default=0.5,
                    help="skip an attack whose infected model's ASR is below this (the backdoor did not take, so a "
                         "purification row would measure nothing); 0 purifies regardless")
+    p.add_argument("--tables-only", action="store_true",
+                   help="only rewrite the tables in RESULTS.md from the recorded rows, run nothing")
     args = p.parse_args()
+    if args.tables_only:
+        write_results_md()
+        return
     options = parse_options(args.options)
 
     from benchmarks_common import machine_info
@@ -214,10 +219,65 @@ def residual_note(res: dict | None) -> str:
             f"with outlier mass), names {named}, {verdict}")
 
 
+ATTACK_ORDER = ("badnets", "blend", "wanet", "sig")
+METHOD_ORDER = ("pud", "pbe", "advrbd")
+
+
+def targets_met(row: dict) -> str:
+    """The issue's targets, each yes or no: ASR <= 2%, C-Acc drop <= 3 points, adv_acc above the infected model's."""
+    b, a = row["before"], row["after"]
+    met = (a["asr"] <= 0.02, b["c_acc"] - a["c_acc"] <= 0.03, a[ADV] > b[ADV])
+    return " / ".join("yes" if m else "**no**" for m in met)
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The latest full-CIFAR-10 row of each (arch, attack, method) at default settings, against the targets."""
+    latest: dict[tuple, dict] = {}
+    for r in rows:  # rows are appended in time order, so a later one replaces an earlier one
+        if not r.get("per_class") and not r.get("options") and r.get("before") and r.get("after"):
+            latest[(r["arch"], r["attack"], r["method"])] = r
+
+    def order(key):
+        arch, attack, method = key
+        return (arch, ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else 99,
+                METHOD_ORDER.index(method) if method in METHOD_ORDER else 99)
+
+    lines = [
+        "### Where it stands: full CIFAR-10, the latest run of each attack and method",
+        "",
+        "Written from the rows below: for each model, attack and method, the most recent run on all 50,000 training",
+        "images at default settings. Targets (the issue's): ASR ≤ 2%, C-Acc drop ≤ 3 points, adv_acc above the",
+        "infected model's (adv_acc is measured on --adv-samples test images, 1,000 by default, where 0.1 point is",
+        f"one image). Bar to beat: {PAPER}.",
+        "",
+        "| arch | attack | method | scale | C-Acc before→after | ASR before→after | adv_acc before→after | "
+        "target-class acc before→after | poison-pool precision / recall | targets: ASR / C-Acc / adv_acc | min | "
+        "date, code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(latest, key=order):
+        r = latest[key]
+        b, a, ta, pp = r["before"], r["after"], r.get("target_acc") or {}, r.get("poison_pool") or {}
+        ref = r.get("reference")
+        clean = f" (clean {_pct(ref['c_acc'])})" if ref else ""
+        lines.append(
+            f"| {r['arch']} | {r['attack']} | {r['method']} | {r['epochs_scale']} | "
+            f"{_pct(b['c_acc'])}→{_pct(a['c_acc'])}{clean} | "
+            f"{_pct(b['asr'])}→{_pct(a['asr'])} | {_pct(b.get(ADV))}→{_pct(a.get(ADV))} | "
+            f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | {_pct(pp.get('precision'))} / "
+            f"{_pct(pp.get('recall'))} | {targets_met(r)} | {r['purify_minutes']} | "
+            f"{r['date']}, {r.get('commit') or 'earlier'} |"
+        )
+    return lines + [""]
+
+
 def write_results_md() -> None:
     rows = [json.loads(line) for line in open(RESULTS) if line.strip()]
     lines = [
         "## Purification (`benchmarks/purify_cifar10.py`)",
+        "",
+        *summary_lines(rows),
+        "### Every run, oldest first",
         "",
         "Full CIFAR-10 (or the per-class subset the attack column names), attacks at 10% (all-to-one, target 0;",
         "SIG clean-label), no clean data, target class not",

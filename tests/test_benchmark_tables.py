@@ -1,0 +1,39 @@
+"""The purification benchmark's summary: the latest full-set row per attack and method, judged against the targets."""
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "purify_cifar10.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("purify_cifar10", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(bench, attack, method, asr_after, c_after, adv_after, **extra):
+    return {
+        "date": "2026-11-30", "attack": attack, "method": method, "arch": "resnet9w16", "epochs_scale": 0.1,
+        "before": {"c_acc": 0.85, "asr": 0.96, bench.ADV: 0.006},
+        "after": {"c_acc": c_after, "asr": asr_after, bench.ADV: adv_after},
+        "purify_minutes": 10.0, "commit": "abc1234", **extra,
+    }
+
+
+def test_summary_keeps_the_latest_full_set_row_and_judges_each_target():
+    bench = load_bench()
+    rows = [
+        row(bench, "blend", "pud", 0.30, 0.84, 0.05),                    # superseded by the next blend row
+        row(bench, "blend", "pud", 0.009, 0.81, 0.05),                   # C-Acc drop 4 points: missed
+        row(bench, "badnets", "advrbd", 0.015, 0.858, 0.001),            # adv_acc fell: missed
+        row(bench, "badnets", "pud", 0.5, 0.85, 0.05, per_class=1500),   # a subset: not in the summary
+        row(bench, "badnets", "pud", 0.01, 0.80, 0.05, options={"lr": 0.01}),  # a variant: not in the summary
+    ]
+    table = [line for line in bench.summary_lines(rows) if line.startswith("| resnet9w16")]
+    assert len(table) == 2
+    badnets, blend = table  # attacks in the benchmark's order
+    assert "| badnets | advrbd |" in badnets and badnets.count("**no**") == 1 and "yes / yes / **no**" in badnets
+    assert "| blend | pud |" in blend and "100.0" not in blend and "yes / **no** / yes" in blend
+    assert "96.0→0.9" in blend
