@@ -40,6 +40,10 @@ def main() -> None:
     p.add_argument("--methods", default="pud,pbe,advrbd")
     p.add_argument("--arch", default="resnet9w16")
     p.add_argument("--train-epochs", type=int, default=15)
+    p.add_argument("--train-lr", type=float, default=None,
+                   help="peak learning rate of the infected (and reference) model's one-cycle schedule "
+                        "(default: TrainConfig's, 0.4, tuned for the small ResNets)")
+    p.add_argument("--train-batch", type=int, default=None, help="its batch size (default: TrainConfig's, 256)")
     p.add_argument("--epochs-scale", type=float, default=0.1)
     p.add_argument("--adv-samples", type=int, default=1000)
     p.add_argument("--work", default=str(Path.home() / ".cache" / "pudrt" / "bench"))
@@ -47,6 +51,9 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=None,
                    help="take this many clean training images per class (a stratified subset, the same every run), "
                         "then poison them at the attack's rate, instead of all 50,000; the test set stays whole")
+    p.add_argument("--test-per-class", type=int, default=None,
+                   help="measure on this many test images per class (a stratified subset, the same every run) "
+                        "instead of all 10,000: for the large models, whose every per-step evaluation costs minutes")
     p.add_argument("--reference", action="store_true",
                    help="also train a model on the same training images without the poisons (cached) and record its "
                         "C-Acc and target-class acc beside the purified model's")
@@ -77,9 +84,15 @@ def main() -> None:
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(PurifyConfig)})
     if unknown:
         raise SystemExit(f"--set: PurifyConfig has no field {', '.join(unknown)}")
+    recipe = {k: v for k, v in (("lr", args.train_lr), ("batch_size", args.train_batch)) if v is not None}
+    train_cfg = TrainConfig(arch=args.arch, epochs=args.train_epochs, **recipe)
+    # the cached models' names say how they were trained where it is not the default recipe
+    recipe_tag = "".join(f"-{'b' if k == 'batch_size' else k}{v}" for k, v in recipe.items())
     info = machine_info()
     train = resolve_data(args.data, "train")
     test = resolve_data(args.data, "test")
+    if args.test_per_class:
+        test = test.per_class(args.test_per_class)
     for name in args.attacks.split(","):
         attack = create_attack(name)
         # A subset is drawn from the clean images and then poisoned, so it holds as many clean images of the target
@@ -92,10 +105,11 @@ def main() -> None:
         if not (poisoned_dir / "poison.json").is_file():
             poison_dataset(source, attack, poisoned_dir, "npz")
         poisoned = open_dataset(poisoned_dir)
-        model_path = Path(args.work) / f"infected-{attack.name}{subset}-{args.arch}-{args.train_epochs}ep.pt"
+        model_path = (Path(args.work)
+                      / f"infected-{attack.name}{subset}-{args.arch}-{args.train_epochs}ep{recipe_tag}.pt")
         train_minutes = None
         if not model_path.is_file():
-            result = train_model(poisoned, TrainConfig(arch=args.arch, epochs=args.train_epochs))
+            result = train_model(poisoned, train_cfg)
             save_model(result.model, model_path, args.arch, 10)
             train_minutes = round(result.seconds / 60, 1)
             print(f"trained {model_path.name} in {train_minutes} min", flush=True)
@@ -108,10 +122,9 @@ def main() -> None:
         evaluation = Evaluation(test, attack, adv_limit=args.adv_samples)
         reference = None
         if args.reference:
-            ref_path = Path(args.work) / f"clean{subset or '-full'}-{args.arch}-{args.train_epochs}ep.pt"
+            ref_path = Path(args.work) / f"clean{subset or '-full'}-{args.arch}-{args.train_epochs}ep{recipe_tag}.pt"
             if not ref_path.is_file():
-                save_model(train_model(source, TrainConfig(arch=args.arch, epochs=args.train_epochs)).model,
-                           ref_path, args.arch, 10)
+                save_model(train_model(source, train_cfg).model, ref_path, args.arch, 10)
             ref_eval = evaluation(load_model(ref_path).net)
             reference = {"model": ref_path.name, "c_acc": ref_eval["c_acc"], "target_acc": ref_eval["target_class_acc"],
                          "asr": ref_eval["asr"], "adv_acc": ref_eval[ADV]}
@@ -121,7 +134,8 @@ def main() -> None:
             infected = load_model(model_path).net
             cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale, **options)
             named = "".join(f"-{k}={v}" for k, v in sorted(options.items()))
-            out = Path(args.work) / f"purified-{attack.name}{subset}-{args.arch}-{method}-{args.epochs_scale}{named}"
+            run_name = f"{attack.name}{subset}-{args.arch}{recipe_tag}-{method}-{args.epochs_scale}{named}"
+            out = Path(args.work) / f"purified-{run_name}"
             t = time.perf_counter()
             res = purify(infected, poisoned, cfg, out, 10, evaluation, restart=True)
             minutes = (time.perf_counter() - t) / 60
@@ -135,8 +149,9 @@ def main() -> None:
             target_filter = next((r["spectre"] for r in reversed(res.history) if r.get("spectre")), None)
             row = {
                 "date": info["date"], "label": args.label, "attack": attack.name, "method": method, "options": options,
-                "arch": args.arch, "train_epochs": args.train_epochs, "epochs_scale": args.epochs_scale,
-                "train_samples": len(poisoned), "per_class": args.per_class,
+                "arch": args.arch, "train_epochs": args.train_epochs, "train_recipe": recipe,
+                "epochs_scale": args.epochs_scale,
+                "train_samples": len(poisoned), "per_class": args.per_class, "test_samples": len(test),
                 "train_minutes": train_minutes, "before": res.before, "after": after,
                 "target_found": res.target.target_class, "target_true": attack.target,
                 "target_acc": target_acc, "reference": reference, "subset": "clean-first" if subset else None,
@@ -199,6 +214,10 @@ def subset_note(row: dict) -> str:
                      else f"{row['per_class']:,}/class")
     if row.get("train_epochs", 15) != 15:
         notes.append(f"infected model {row['train_epochs']} epochs")
+    for key, value in (row.get("train_recipe") or {}).items():
+        notes.append(f"infected model {key} {value}")
+    if row.get("test_samples", 10_000) != 10_000:
+        notes.append(f"measured on {row['test_samples']:,} test images")
     return f" ({', '.join(notes)})" if notes else ""
 
 
@@ -234,7 +253,8 @@ def summary_lines(rows: list[dict]) -> list[str]:
     """The latest full-CIFAR-10 row of each (arch, attack, method) at default settings, against the targets."""
     latest: dict[tuple, dict] = {}
     for r in rows:  # rows are appended in time order, so a later one replaces an earlier one
-        if not r.get("per_class") and not r.get("options") and r.get("before") and r.get("after"):
+        full = not r.get("per_class") and r.get("test_samples", 10_000) == 10_000
+        if full and not r.get("options") and r.get("before") and r.get("after"):
             latest[(r["arch"], r["attack"], r["method"])] = r
 
     def order(key):

@@ -30,6 +30,7 @@ def test_summary_keeps_the_latest_full_set_row_and_judges_each_target():
         row(bench, "badnets", "advrbd", 0.015, 0.858, 0.001),            # adv_acc fell: missed
         row(bench, "badnets", "pud", 0.5, 0.85, 0.05, per_class=1500),   # a subset: not in the summary
         row(bench, "badnets", "pud", 0.01, 0.80, 0.05, options={"lr": 0.01}),  # a variant: not in the summary
+        row(bench, "badnets", "pud", 0.01, 0.80, 0.05, test_samples=2000),  # a test subset: not in the summary
     ]
     table = [line for line in bench.summary_lines(rows) if line.startswith("| resnet9w16")]
     assert len(table) == 2
