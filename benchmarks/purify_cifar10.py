@@ -255,20 +255,22 @@ def summary_lines(rows: list[dict]) -> list[str]:
     for r in rows:  # rows are appended in time order, so a later one replaces an earlier one
         full = not r.get("per_class") and r.get("test_samples", 10_000) == 10_000
         if full and not r.get("options") and r.get("before") and r.get("after"):
-            latest[(r["arch"], r["attack"], r["method"])] = r
+            # an infected model trained another way is another model: it gets its own line
+            recipe = (r.get("train_epochs", 15), json.dumps(r.get("train_recipe") or {}, sort_keys=True))
+            latest[(r["arch"], r["attack"], r["method"], recipe)] = r
 
     def order(key):
-        arch, attack, method = key
-        return (arch, ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else 99,
+        arch, attack, method, recipe = key
+        return (arch, ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else 99, recipe,
                 METHOD_ORDER.index(method) if method in METHOD_ORDER else 99)
 
     lines = [
         "### Where it stands: full CIFAR-10, the latest run of each attack and method",
         "",
-        "Written from the rows below: for each model, attack and method, the most recent run on all 50,000 training",
-        "images at default settings. Targets (the issue's): ASR ≤ 2%, C-Acc drop ≤ 3 points, adv_acc above the",
-        "infected model's (adv_acc is measured on --adv-samples test images, 1,000 by default, where 0.1 point is",
-        f"one image). Bar to beat: {PAPER}.",
+        "Written from the rows below: for each infected model, attack and method, the most recent run on all 50,000",
+        "training images and all 10,000 test images at default purification settings. Targets (the issue's): ASR",
+        "≤ 2%, C-Acc drop ≤ 3 points, adv_acc above the infected model's (adv_acc is measured on --adv-samples test",
+        f"images, 1,000 by default, where 0.1 point is one image). Bar to beat: {PAPER}.",
         "",
         "| arch | attack | method | scale | C-Acc before→after | ASR before→after | adv_acc before→after | "
         "target-class acc before→after | poison-pool precision / recall | targets: ASR / C-Acc / adv_acc | min | "
@@ -281,7 +283,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         ref = r.get("reference")
         clean = f" (clean {_pct(ref['c_acc'])})" if ref else ""
         lines.append(
-            f"| {r['arch']} | {r['attack']} | {r['method']} | {r['epochs_scale']} | "
+            f"| {r['arch']} | {r['attack']}{subset_note(r)} | {r['method']} | {r['epochs_scale']} | "
             f"{_pct(b['c_acc'])}→{_pct(a['c_acc'])}{clean} | "
             f"{_pct(b['asr'])}→{_pct(a['asr'])} | {_pct(b.get(ADV))}→{_pct(a.get(ADV))} | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | {_pct(pp.get('precision'))} / "
