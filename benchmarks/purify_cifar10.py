@@ -212,10 +212,11 @@ def subset_note(row: dict) -> str:
     if row.get("per_class"):
         notes.append(f"{row['per_class']:,} clean/class, then poisoned" if row.get("subset") == "clean-first"
                      else f"{row['per_class']:,}/class")
-    if row.get("train_epochs", 15) != 15:
-        notes.append(f"infected model {row['train_epochs']} epochs")
-    for key, value in (row.get("train_recipe") or {}).items():
-        notes.append(f"infected model {key} {value}")
+    recipe = [f"{row['train_epochs']} epochs"] if row.get("train_epochs", 15) != 15 else []
+    recipe += [f"{'batch' if key == 'batch_size' else key} {value}" for key, value in
+               (row.get("train_recipe") or {}).items()]
+    if recipe:
+        notes.append(f"infected model {', '.join(recipe)}")
     if row.get("test_samples", 10_000) != 10_000:
         notes.append(f"measured on {row['test_samples']:,} test images")
     return f" ({', '.join(notes)})" if notes else ""
