@@ -36,5 +36,5 @@ def test_summary_keeps_the_latest_full_set_row_and_judges_each_target():
     assert len(table) == 2
     badnets, blend = table  # attacks in the benchmark's order
     assert "| badnets | advrbd |" in badnets and badnets.count("**no**") == 1 and "yes / yes / **no**" in badnets
-    assert "| blend | pud |" in blend and "100.0" not in blend and "yes / **no** / yes" in blend
-    assert "96.0→0.9" in blend
+    assert "| blend | pud |" in blend and "yes / **no** / yes" in blend
+    assert "96.0→0.9" in blend and "96.0→30.0" not in blend  # the later blend row, not the superseded one
