@@ -55,15 +55,17 @@ def purify(
     finish_epochs: Annotated[int | None, typer.Option(help="PUD: clean epochs after the last unlearning, learning "
                                                           "rate annealed to 0 (default 1; 0 ends as the authors' "
                                                           "PUD does).")] = None,
-    relearn_adv_epochs: Annotated[int, typer.Option(help="AdvrBD: train the last this many relearning epochs on "
-                                                        "PGD examples (pudrt's addition, for adv_acc; each costs "
-                                                        "about 8 plain epochs).")] = 0,
+    relearn_adv_epochs: Annotated[int | None, typer.Option(help="AdvrBD: train the last this many relearning "
+                                                               "epochs on PGD examples (pudrt's addition, for "
+                                                               "adv_acc; default 1, 0 is the paper's AdvrBD; each "
+                                                               "costs about 8 plain epochs).")] = None,
     residual_check: Annotated[bool, typer.Option(help="After the run, look for the target again in the purified "
                                                       "model: a class that still stands out means the backdoor "
                                                       "likely persists (costs one more target discovery).")] = True,
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: the method's).")] = None,
-    clean_weight: Annotated[float, typer.Option(help="Mix this weight of clean-image loss into adversarial "
-                                                     "epochs (0 = the authors' pure PGD fine-tuning).")] = 0.0,
+    clean_weight: Annotated[float | None, typer.Option(help="Mix this weight of clean-image loss into "
+                                                            "adversarial epochs (default: PUD and PBE 0, the "
+                                                            "authors' pure PGD fine-tuning; AdvrBD 0.9).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: one per core).")] = None,
@@ -84,9 +86,11 @@ def purify(
     from pudrt.purify.report import finish
 
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
-                                  clean_weight=clean_weight, initial_pool=initial_pool, target_fit=target_fit,
-                                  threads=threads, relearn_adv_epochs=relearn_adv_epochs,
+                                  initial_pool=initial_pool, target_fit=target_fit, threads=threads,
                                   residual_check=residual_check,
+                                  **({"clean_weight": clean_weight} if clean_weight is not None else {}),
+                                  **({"relearn_adv_epochs": relearn_adv_epochs} if relearn_adv_epochs is not None
+                                     else {}),
                                   **({"lr": lr} if lr is not None else {}),
                                   **({"finish_epochs": finish_epochs} if finish_epochs is not None else {}),
                                   **({} if target_gate else {"target_gate": False}),

@@ -222,6 +222,8 @@ def test_advrbd_separates_the_poisons_and_drops_asr(badnets_model, badnets_data,
     stages = [r.get("stage") for r in result.history[1:]]
     assert stages == ["kl-consistency", "backdoor-enhancement", "clean-model", "relabel-relearn"]
     assert result.history[-1]["eval"]["asr"] <= result.before["asr"] / 2
+    # pudrt's AdvrBD ends on an adversarial epoch (for adv_acc); the paper's (relearn_adv_epochs=0) does not
+    assert result.history[-1]["epochs"][-1]["adversarial_samples"] == len(badnets_data.per_class(200))
     pools = result.history[2]["pools"]
     assert pools["clean_pool"]["precision"] >= 0.95 and pools["poison_pool"]["recall"] >= 0.8
     # purify hands AdvrBD the found class; a dirty-label class's shared pattern is reported, not used
