@@ -44,16 +44,18 @@ reported. Measured on that SIG subset: C-Acc 72.99% -> 77.75%, ASR 0.17%, 71.4%
 of the test airplanes.
 
 The paper's AdvrBD trains on no adversarial example, so its adv_acc stays at
-the infected model's (0.2-0.6% on full CIFAR-10; 0.1-1.1% after it). pudrt's therefore makes the
-last relearning epoch adversarial (`cfg.relearn_adv_epochs`, default 1; 0 is
-the paper's): PGD examples under the relabelled labels (PUD's budget), mixed
-with the clean batch at `cfg.clean_weight` 0.9. The cosine schedule has then
-brought the learning rate down to a tenth, so the epoch buys robustness for
-little clean accuracy. Measured on full CIFAR-10 BadNets, rerunning stage 4
-from the default run's stage-3 checkpoint (one-off script, 2026-11-30):
-C-Acc / ASR / adv_acc 85.6 / 1.5 / 0.1% without it; with it, clean weight 0.9:
-84.2 / 1.5 / 4.0%; 0.8: 81.3 / 1.8 / 10.2%; 0.5: 75.4 / 2.2 / 16.2% (infected
-84.8 / 96.2 / 0.6%). The adversarial epoch first and four clean epochs after:
+the infected model's (0.2-0.6% on full CIFAR-10; 0.1-1.1% after it). pudrt's
+therefore makes the last relearning epoch adversarial
+(`cfg.relearn_adv_epochs`, default 1; 0 is the paper's): PGD examples under
+the relabelled labels (PUD's budget), mixed with the clean batch at
+`cfg.clean_weight` 0.9. At the full schedule (5 epochs) the cosine schedule
+has then brought the learning rate down to a tenth, so the epoch buys
+robustness for little clean accuracy (at `--epochs-scale` 0.2 the only
+relearning epoch is that one, at the full rate). Measured on full CIFAR-10
+BadNets, rerunning stage 4 from the run's stage-3 checkpoint (one-off script,
+2026-11-30): C-Acc / ASR / adv_acc 85.8 / 1.5 / 0.1% without it (the run);
+with it, clean weight 0.9: 84.2 / 1.5 / 4.0%; 0.8: 81.3 / 1.8 / 10.2%; 0.5:
+75.4 / 2.2 / 16.2% (infected 84.8 / 96.2 / 0.6%). The adversarial epoch first and four clean epochs after:
 85.6 / 1.5 / 1.1% (the clean epochs wash the robustness out). At 1,500 SIG
 images per class, clean weight 0 cost 11 points of C-Acc (66.8%, adv_acc 7.9%).
 """

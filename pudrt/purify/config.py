@@ -140,7 +140,7 @@ class PurifyConfig:
     relabelled labels, mixed with the clean batch by `clean_weight`; not scaled. AdvrBD's preset is 1 (with
     clean_weight 0.9); 0 is the AdvrBD paper, which trains on no adversarial example, so its adv_acc stays at the
     infected model's (0.1-0.8% in benchmarks/RESULTS.md). Measured on full CIFAR-10 BadNets (resnet9w16, stage 4
-    rerun from the default run's stage-3 checkpoint, advrbd.py): C-Acc / ASR / adv_acc 85.6 / 1.5 / 0.1% without
+    rerun from the default run's stage-3 checkpoint, advrbd.py): C-Acc / ASR / adv_acc 85.8 / 1.5 / 0.1% without
     it, 84.2 / 1.5 / 4.0% with it (infected 84.8 / 96.2 / 0.6%); clean_weight 0.8 gave 81.3 / 1.8 / 10.2%, 0.5
     75.4 / 2.2 / 16.2%."""
     seed: int = 0
