@@ -85,14 +85,13 @@ def purify(
     from pudrt.purify import purify as run_purify
     from pudrt.purify.report import finish
 
+    # options left unset keep the method's preset (for_method), so only those given are passed
+    given = {"clean_weight": clean_weight, "relearn_adv_epochs": relearn_adv_epochs, "lr": lr,
+             "finish_epochs": finish_epochs}
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
                                   initial_pool=initial_pool, target_fit=target_fit, threads=threads,
                                   residual_check=residual_check,
-                                  **({"clean_weight": clean_weight} if clean_weight is not None else {}),
-                                  **({"relearn_adv_epochs": relearn_adv_epochs} if relearn_adv_epochs is not None
-                                     else {}),
-                                  **({"lr": lr} if lr is not None else {}),
-                                  **({"finish_epochs": finish_epochs} if finish_epochs is not None else {}),
+                                  **{k: v for k, v in given.items() if v is not None},
                                   **({} if target_gate else {"target_gate": False}),
                                   **({} if shared_pattern else {"shared_pattern": False}),
                                   **({} if pattern_restore else {"pattern_restore": False}))

@@ -298,6 +298,7 @@ def test_purify_writes_model_onnx_pools_history_and_report(tmp_path, badnets_mod
     assert saved["pudrt"]["arch"] == "resnet8"
     history = json.loads((out / "history.json").read_text())
     assert history["method"] == "pbe" and [r["step"] for r in history["steps"]] == [1, 2, 3, 4]
+    assert history["config"]["clean_weight"] == 0 and history["config"]["relearn_adv_epochs"] == 0  # PBE's preset
     # the authors' PBE at a tenth of its schedule leaves this backdoor in (lr 0.001, one epoch a step), and the
     # residual check (target discovery again, on the purified model) says so: measured evidence 31.2 -> 34.4
     # (discovery's full scores, before the verdict left out the outlier mass)
@@ -326,3 +327,8 @@ def test_purify_refuses_inference_only_models_and_stray_options(tmp_path, badnet
     assert code == 2 and "--trigger needs --eval-data" in text
     code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "nad")
     assert code == 2 and "--method must be one of pud, pbe, advrbd" in text
+    # options given reach the config (checked there); options left out keep the method's preset
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--relearn-adv-epochs", "1")
+    assert code == 2 and "is AdvrBD's" in text, text
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "advrbd", "--clean-weight", "2")
+    assert code == 2 and "--clean-weight must be in [0, 1]" in text, text
