@@ -59,6 +59,10 @@ def purify(
                                                                "epochs on PGD examples (pudrt's addition, for "
                                                                "adv_acc; default 1, 0 is the paper's AdvrBD; each "
                                                                "costs about 8 plain epochs).")] = None,
+    kl_orientation: Annotated[str | None, typer.Option(help="AdvrBD: where the poisons lie on its patch-KL scale: "
+                                                            "auto (read from the found target class, the "
+                                                            "default), robust (the paper's: low KL) or fragile "
+                                                            "(high KL, as a warping trigger's).")] = None,
     residual_check: Annotated[bool, typer.Option(help="After the run, look for the target again in the purified "
                                                       "model: a class that still stands out means the backdoor "
                                                       "likely persists (costs one more target discovery).")] = True,
@@ -87,7 +91,7 @@ def purify(
 
     # options left unset keep the method's preset (for_method), so only those given are passed
     given = {"clean_weight": clean_weight, "relearn_adv_epochs": relearn_adv_epochs, "lr": lr,
-             "finish_epochs": finish_epochs}
+             "finish_epochs": finish_epochs, "kl_orientation": kl_orientation}
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
                                   initial_pool=initial_pool, target_fit=target_fit, threads=threads,
                                   residual_check=residual_check,

@@ -6,7 +6,8 @@ Four stages, sharing pudrt's loops:
    `kl_radius`) within an L∞ ball of `kl_eps`, maximising KL(f(x) ‖ f(x+δ)).
    Poisons are dominated by their trigger and barely move (low KL); the highest-KL
    `seed_share` of each class are the first clean picks, the lowest-KL
-   `suspect_share` of DATA the suspects.
+   `suspect_share` of DATA the suspects. Where the poisons are fragile instead
+   (a warp, below), the sides swap (`kl_partition`).
 2. **Backdoor enhancement**: a copy of the infected model learns the suspects and
    unlearns the picks (loss ascent, capped at 2·ln K) for `enhance_passes` passes
    over the picks. Its clean features go and the trigger shortcut stays, so it
@@ -28,6 +29,27 @@ probability ranks poisons above clean rows with AUROC 0.999; above 0.999 sit 728
 rows, 96.8% poisons, 96.4% of them (poisons' 1st percentile 0.990, clean rows'
 99th 0.996; the argmax split would call 8,026 rows poisons). Iterating (learning
 what the copy gets right, unlearning what it gets wrong) made the split worse.
+
+A warping trigger (WaNet) reverses stage 1: a patch perturbation moves its
+poisons more than clean images, not less. On full CIFAR-10 (resnet9w16) WaNet's
+poisons had median patch KL 1.40 against clean rows' 0.17, and the paper's
+orientation left 78.1% ASR after AdvrBD: its suspects (the 2,500 lowest-KL rows)
+held 530 poisons, its picks 996, and the enhanced copy's label probability
+ranked poisons above clean rows with AUROC 0.72. `kl_partition` therefore reads
+the orientation from the found target class (`kl_orientation` "auto"): an
+all-to-one attack's poisons carry its label, so the tail of the KL scale that
+holds more of the class is theirs. Measured on the full-set runs' stage-1 KL:
+the target's share of the lowest / highest 5% was 0.30 / 0.68 on WaNet, and
+1.00 / 0.07, 0.50 / 0.01 and 0.43 / 0.00 on BadNets, Blend and SIG (the class
+is 0.2 of DATA, 0.1 for the clean-label SIG). With fragile poisons the picks are each class's lowest-KL
+`seed_share`, without the target class (whose most robust rows hold a share
+of its poisons: 646 of its 1,000 on WaNet), and the enhancement makes
+`enhance_passes_fragile` passes. Rerunning stage 2 from the WaNet run's stage
+1 (one-off script, 2026-11-30): AUROC 0.965 and 81% of the poisons above the
+cut (95% precision) with one pass; with two, 99.2-99.4% of them at 92-95%
+precision over three seeds (three passes 99.7%, 91%). Two passes in the
+paper's orientation found fewer: Blend's recall 100% -> 99.1%, SIG's
+94.9% -> 41.8%, so it keeps one.
 
 A clean-label attack breaks stage 4: SIG puts its signal on every image of the
 target class, so stage 2 rightly finds the whole class poisoned, stage 3's
@@ -92,10 +114,36 @@ from pudrt.purify.session import Session
 log = logging.getLogger(__name__)
 
 
+def kl_partition(kl: np.ndarray, labels: np.ndarray, target: int | None, cfg: PurifyConfig
+                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Stage 1's clean picks and suspects from every row's patch KL, and what decided which side the poisons are
+    on (module docstring): `cfg.kl_orientation`, or for "auto" the found target's share of the lowest- and
+    highest-KL `suspect_share` of DATA (robust, the paper's, unless the highest holds more of it)."""
+    size = max(1, round(cfg.suspect_share * len(kl)))
+    order = np.argsort(kl, kind="stable")
+    lowest, highest = order[:size], order[-size:]
+    info: dict = {"kl_orientation": cfg.kl_orientation}
+    fragile = cfg.kl_orientation == "fragile"
+    if target is not None:
+        shares = [round(float(np.mean(labels[tail] == target)), 4) for tail in (lowest, highest)]
+        info.update({"target": target, "target_share_lowest_kl": shares[0], "target_share_highest_kl": shares[1]})
+        fragile = fragile or (cfg.kl_orientation == "auto" and shares[1] > shares[0])
+    info["poisons"] = "fragile (high KL)" if fragile else "robust (low KL)"
+    if not fragile:
+        picks = pick_per_class(kl, labels, cfg.seed_share)
+        return picks, np.setdiff1d(lowest, picks), info
+    picks = pick_per_class(-kl, labels, cfg.seed_share)
+    if target is not None:  # the target's most robust rows are not clean: they hold its robust poisons
+        picks = picks[labels[picks] != target]
+    return picks, np.setdiff1d(highest, picks), info
+
+
 def enhance_backdoor(infected: nn.Module, data, picks: np.ndarray, suspects: np.ndarray, cfg: PurifyConfig,
-                     classes: int, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Stage 2: learn the suspects, unlearn the picks; the rows whose label the copy then gives probability above
-    `cfg.enhance_cut` are the poisons. Returns them, every row's label probability, and a history row."""
+                     classes: int, gen: torch.Generator, passes: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Stage 2: learn the suspects, unlearn the picks for `passes` passes over them (default
+    `cfg.enhance_passes`); the rows whose label the copy then gives probability above `cfg.enhance_cut` are the
+    poisons. Returns them, every row's label probability, and a history row."""
     if not len(picks) or not len(suspects):
         return np.zeros(0, np.int64), np.zeros(len(data)), {"skipped": "no clean picks or no suspects to learn"}
     model = clone_trainable(infected)
@@ -104,7 +152,7 @@ def enhance_backdoor(infected: nn.Module, data, picks: np.ndarray, suspects: np.
     ascent = learnt = 0.0
     model.train()
     per_pass = -(-len(picks) // cfg.batch_size)
-    steps = max(cfg.enhance_passes * per_pass, cfg.enhance_min_steps)
+    steps = max((passes or cfg.enhance_passes) * per_pass, cfg.enhance_min_steps)
     pick_batches: list[np.ndarray] = []
     suspect_batches: list[np.ndarray] = []
     for j in progress(range(steps), "AdvrBD: backdoor enhancement"):
@@ -179,7 +227,8 @@ def clean_label_pattern(infected: nn.Module, data, target: int | None, cfg: Puri
 def advrbd(infected: nn.Module, session: Session, classes: int, target: int | None = None
            ) -> tuple[nn.Module, Pools]:
     """The four stages, each checkpointed (stage k is `checkpoints/step-k.pt`), so a killed run resumes.
-    `target` is target discovery's class, whose shared pattern stages 3 and 4 use for a clean-label attack."""
+    `target` is target discovery's class: its share of the KL tails orients stage 1 (`kl_partition`), and its
+    shared pattern is what stages 3 and 4 use for a clean-label attack."""
     cfg = session.cfg
     data = session.data
     blob = session.latest()
@@ -193,24 +242,32 @@ def advrbd(infected: nn.Module, session: Session, classes: int, target: int | No
 
     if done >= 0:
         kl, picks, suspects = blob["kl"].numpy(), blob["picks"].numpy(), blob["suspects"].numpy()
+        fragile = bool(blob.get("fragile", torch.tensor(False)))  # checkpoints before 2026-11-30: the paper's side
     else:
         kl = patch_kl_scores(infected, data, cfg.kl_eps, cfg.kl_radius, seed=cfg.seed, desc="AdvrBD: KL scores")
-        picks = pick_per_class(kl, data.y, cfg.seed_share)
-        suspects = np.setdiff1d(np.argsort(kl, kind="stable")[: max(1, round(cfg.suspect_share * len(data)))], picks)
+        picks, suspects, sides = kl_partition(kl, data.y, target, cfg)
+        fragile = sides["poisons"].startswith("fragile")
+        if fragile:
+            log.warning("AdvrBD: class %s's poisons look fragile under a patch perturbation (share of the class in "
+                        "the lowest / highest %.0f%% of KL: %.2f / %.2f); suspects are the highest-KL rows",
+                        target, 100 * cfg.suspect_share, sides.get("target_share_lowest_kl", float("nan")),
+                        sides.get("target_share_highest_kl", float("nan")))
         session.record({"step": 1, "stage": "kl-consistency", "picks": len(picks), "suspects": len(suspects),
-                        "pools": session.pool_quality(picks, suspects)})
-        session.save(0, {"kl": kl, "picks": picks, "suspects": suspects})
+                        "sides": sides, "pools": session.pool_quality(picks, suspects)})
+        session.save(0, {"kl": kl, "picks": picks, "suspects": suspects, "fragile": torch.tensor(fragile)})
+    sides_state = {"kl": kl, "picks": picks, "suspects": suspects, "fragile": torch.tensor(fragile)}
 
     if done >= 1:
         clean, p_label = blob["clean"].numpy(), blob["p_label"].numpy()
     else:
-        poison, p_label, row = enhance_backdoor(infected, data, picks, suspects, cfg, classes, stage_gen(1))
+        passes = cfg.enhance_passes_fragile if fragile else cfg.enhance_passes
+        poison, p_label, row = enhance_backdoor(infected, data, picks, suspects, cfg, classes, stage_gen(1), passes)
         clean = np.setdiff1d(np.arange(len(data)), poison)
         session.record({"step": 2, "stage": "backdoor-enhancement", **row, "clean_pool": len(clean),
                         "poison_pool": len(poison), "pools": session.pool_quality(clean, poison)})
-        session.save(1, {"kl": kl, "picks": picks, "suspects": suspects, "clean": clean, "p_label": p_label})
+        session.save(1, {**sides_state, "clean": clean, "p_label": p_label})
     poison = np.setdiff1d(np.arange(len(data)), clean)
-    state = {"kl": kl, "picks": picks, "suspects": suspects, "clean": clean, "p_label": p_label}
+    state = {**sides_state, "clean": clean, "p_label": p_label}
 
     # the pattern is re-estimated on resume (seconds), but not for a run that has ended
     pattern = clean_label_pattern(infected, data, target, cfg, classes) if done < 3 else None

@@ -10,6 +10,7 @@ from pudrt.errors import PudrtError
 METHODS = ("pud", "pbe", "advrbd")
 INITIAL_POOLS = ("kl", "random")
 TARGET_FITS = ("anchored", "spectre")
+KL_ORIENTATIONS = ("auto", "robust", "fragile")
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,18 @@ class PurifyConfig:
     seed_share: float = 0.1
     """AdvrBD: share of each class with the highest KL taken as the first clean picks."""
     suspect_share: float = 0.05
-    """AdvrBD: share of DATA with the lowest KL that the enhanced copy learns (advrbd.py)."""
+    """AdvrBD: share of DATA with the lowest KL (the highest, where poisons are fragile) that the enhanced copy
+    learns (advrbd.py)."""
+    kl_orientation: str = "auto"
+    """AdvrBD: where the poisons lie on the KL scale. "robust" (low KL) is the paper's; "fragile" (high KL) is a
+    warping trigger's (WaNet); "auto" reads it from which tail holds more of the found target class, and is
+    "robust" when no target was found (advrbd.kl_partition)."""
     enhance_passes: int = 1
-    """AdvrBD: passes over the picks in backdoor enhancement (not scaled by `epochs_scale`) ..."""
+    """AdvrBD: passes over the picks in backdoor enhancement (not scaled by `epochs_scale`) where the poisons
+    are robust ..."""
+    enhance_passes_fragile: int = 2
+    """... and where they are fragile (advrbd.kl_partition: one pass found 76-81% of WaNet's poisons there,
+    two 99.2-99.4%) ..."""
     enhance_min_steps: int = 12
     """... and at least this many optimizer steps (12 batches made one pass on 15,000 rows)."""
     enhance_cut: float = 0.999
@@ -179,8 +189,14 @@ class PurifyConfig:
             raise PudrtError(f"relearn_adv_epochs must be 0 or more, got {self.relearn_adv_epochs}")
         if self.relearn_adv_epochs and self.method != "advrbd":
             raise PudrtError(f"--relearn-adv-epochs is AdvrBD's (--method advrbd); {self.method} would ignore it")
-        if self.enhance_passes < 1:
-            raise PudrtError(f"enhance_passes must be at least 1, got {self.enhance_passes}")
+        if self.enhance_passes < 1 or self.enhance_passes_fragile < 1:
+            raise PudrtError(f"enhance_passes must be at least 1, got {self.enhance_passes}, "
+                             f"{self.enhance_passes_fragile}")
+        if self.kl_orientation not in KL_ORIENTATIONS:
+            raise PudrtError(f"--kl-orientation must be one of {', '.join(KL_ORIENTATIONS)}, got "
+                             f"{self.kl_orientation!r}")
+        if self.kl_orientation != "auto" and self.method != "advrbd":
+            raise PudrtError(f"--kl-orientation is AdvrBD's (--method advrbd); {self.method} would ignore it")
         if self.batch_size < 2:
             raise PudrtError(f"--batch-size must be at least 2, got {self.batch_size}")
 

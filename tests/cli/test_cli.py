@@ -332,3 +332,8 @@ def test_purify_refuses_inference_only_models_and_stray_options(tmp_path, badnet
     assert code == 2 and "is AdvrBD's" in text, text
     code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "advrbd", "--clean-weight", "2")
     assert code == 2 and "--clean-weight must be in [0, 1]" in text, text
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--kl-orientation", "fragile")
+    assert code == 2 and "--kl-orientation is AdvrBD's" in text, text
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "advrbd", "--kl-orientation",
+                        "upside-down")
+    assert code == 2 and "--kl-orientation must be one of auto, robust, fragile" in text, text

@@ -221,6 +221,8 @@ def test_advrbd_separates_the_poisons_and_drops_asr(badnets_model, badnets_data,
     result = purify(badnets_model, badnets_data.per_class(200), cfg, tmp_path, 10, evaluation)
     stages = [r.get("stage") for r in result.history[1:]]
     assert stages == ["kl-consistency", "backdoor-enhancement", "clean-model", "relabel-relearn"]
+    sides = result.history[1]["sides"]  # a patch trigger's poisons are robust: the paper's side, read from the class
+    assert sides["poisons"] == "robust (low KL)" and sides["target_share_lowest_kl"] > sides["target_share_highest_kl"]
     assert result.history[-1]["eval"]["asr"] <= result.before["asr"] / 2
     # pudrt's AdvrBD ends on an adversarial epoch (for adv_acc); the paper's (relearn_adv_epochs=0) does not
     assert result.history[-1]["epochs"][-1]["adversarial_samples"] == len(badnets_data.per_class(200))
@@ -255,6 +257,36 @@ def test_bad_inputs_are_explained(badnets_model, train_data, tmp_path):
         PurifyConfig.for_method("pud", gate_passes=-1)
     with pytest.raises(PudrtError, match="--target-fit must be one of anchored, spectre"):
         PurifyConfig.for_method("pud", target_fit="oracle")
+
+
+def test_advrbd_reads_which_kl_tail_holds_the_poisons():
+    from pudrt.purify.advrbd import kl_partition
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 100)
+    poisons = np.flatnonzero(labels == 0)[:55]  # class 0: over half poisons, which a warp makes fragile (high KL)
+    kl = rng.uniform(0, 1, len(labels))
+    kl[poisons[:50]] = rng.uniform(2, 3, 50)
+    kl[poisons[50:]] = 0.0  # ... but for a few robust ones, as WaNet's are, among the class's most robust rows
+    kl[np.flatnonzero(labels == 0)[55:60]] = rng.uniform(0, 0.01, 5)
+    cfg = PurifyConfig.for_method("advrbd")
+    picks, suspects, sides = kl_partition(kl, labels, 0, cfg)
+    assert sides["poisons"] == "fragile (high KL)" and sides["target_share_highest_kl"] == 1.0
+    assert set(suspects) <= set(poisons) and len(suspects) == 50  # the highest-KL 5%
+    assert not np.isin(picks, poisons).any() and not (labels[picks] == 0).any()  # no pick from the target class
+    assert len(picks) == 90 and np.all(kl[picks] < 0.2)  # each other class's lowest-KL 10%
+    # the paper's side: forced, or when no target was found
+    for forced, target in (("robust", 0), ("auto", None)):
+        picks, suspects, sides = kl_partition(kl, labels, target, PurifyConfig.for_method("advrbd",
+                                                                                      kl_orientation=forced))
+        assert sides["poisons"] == "robust (low KL)" and np.all(kl[suspects] < 0.06)
+        assert len(picks) == 100 and np.isin(poisons, picks).sum() == 10  # class 0's highest KL: poisons
+    mirrored = kl_partition(3 - kl, labels, 0, cfg)  # robust poisons are read as such
+    assert mirrored[2]["poisons"] == "robust (low KL)" and set(mirrored[1]) <= set(poisons)
+    with pytest.raises(PudrtError, match="--kl-orientation must be one of auto, robust, fragile"):
+        PurifyConfig.for_method("advrbd", kl_orientation="high")
+    with pytest.raises(PudrtError, match="is AdvrBD's"):
+        PurifyConfig.for_method("pud", kl_orientation="fragile")
 
 
 def test_advrbd_relearning_ends_on_adversarial_epochs_when_asked(train_data):
