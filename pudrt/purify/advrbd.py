@@ -38,7 +38,8 @@ held 530 poisons, its picks 996, and the enhanced copy's label probability
 ranked poisons above clean rows with AUROC 0.72. `kl_partition` therefore reads
 the orientation from the found target class (`kl_orientation` "auto"): an
 all-to-one attack's poisons carry its label, so the tail of the KL scale that
-holds more of the class is theirs. Measured on the full-set runs' stage-1 KL:
+holds more of the class is theirs (the high tail must also hold more of it
+than DATA does, or the paper's side stands). Measured on the full-set runs' stage-1 KL:
 the target's share of the lowest / highest 5% was 0.30 / 0.68 on WaNet, and
 1.00 / 0.07, 0.50 / 0.01 and 0.43 / 0.00 on BadNets, Blend and SIG (the class
 is 0.2 of DATA, 0.1 for the clean-label SIG). With fragile poisons the picks are each class's lowest-KL
@@ -118,16 +119,19 @@ def kl_partition(kl: np.ndarray, labels: np.ndarray, target: int | None, cfg: Pu
                  ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Stage 1's clean picks and suspects from every row's patch KL, and what decided which side the poisons are
     on (module docstring): `cfg.kl_orientation`, or for "auto" the found target's share of the lowest- and
-    highest-KL `suspect_share` of DATA (robust, the paper's, unless the highest holds more of it)."""
+    highest-KL `suspect_share` of DATA (robust, the paper's, unless the highest holds more of it than the lowest
+    and than DATA as a whole)."""
     size = max(1, round(cfg.suspect_share * len(kl)))
     order = np.argsort(kl, kind="stable")
     lowest, highest = order[:size], order[-size:]
     info: dict = {"kl_orientation": cfg.kl_orientation}
     fragile = cfg.kl_orientation == "fragile"
     if target is not None:
-        shares = [round(float(np.mean(labels[tail] == target)), 4) for tail in (lowest, highest)]
-        info.update({"target": target, "target_share_lowest_kl": shares[0], "target_share_highest_kl": shares[1]})
-        fragile = fragile or (cfg.kl_orientation == "auto" and shares[1] > shares[0])
+        shares = [round(float(np.mean(labels[tail] == target)), 4) for tail in (lowest, highest, order)]
+        info.update({"target": target, "target_share_lowest_kl": shares[0], "target_share_highest_kl": shares[1],
+                     "target_share": shares[2]})
+        # swapped only where the high tail holds more of the class than the low one and than DATA does
+        fragile = fragile or (cfg.kl_orientation == "auto" and shares[1] > max(shares[0], shares[2]))
     info["poisons"] = "fragile (high KL)" if fragile else "robust (low KL)"
     if not fragile:
         picks = pick_per_class(kl, labels, cfg.seed_share)

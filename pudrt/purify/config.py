@@ -132,7 +132,7 @@ class PurifyConfig:
     kl_orientation: str = "auto"
     """AdvrBD: where the poisons lie on the KL scale. "robust" (low KL) is the paper's; "fragile" (high KL) is a
     warping trigger's (WaNet); "auto" reads it from which tail holds more of the found target class, and is
-    "robust" when no target was found (advrbd.kl_partition)."""
+    "robust" when no target was found or the high tail holds no more of it than DATA does (advrbd.kl_partition)."""
     enhance_passes: int = 1
     """AdvrBD: passes over the picks in backdoor enhancement (not scaled by `epochs_scale`) where the poisons
     are robust ..."""

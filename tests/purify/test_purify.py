@@ -281,6 +281,13 @@ def test_advrbd_reads_which_kl_tail_holds_the_poisons():
                                                                                       kl_orientation=forced))
         assert sides["poisons"] == "robust (low KL)" and np.all(kl[suspects] < 0.06)
         assert len(picks) == 100 and np.isin(poisons, picks).sum() == 10  # class 0's highest KL: poisons
+    # a class that fills neither tail more than DATA does keeps the paper's side, even leaning to the high one
+    leaning = rng.uniform(0, 1, len(labels))
+    leaning[labels == 5] = rng.uniform(0.1, 0.9, 100)
+    leaning[np.flatnonzero(labels == 5)[:3]] = 5.0
+    sides = kl_partition(leaning, labels, 5, cfg)[2]
+    assert sides["target_share_highest_kl"] > sides["target_share_lowest_kl"], sides
+    assert sides["poisons"] == "robust (low KL)" and sides["target_share"] == 0.1, sides
     mirrored = kl_partition(3 - kl, labels, 0, cfg)  # robust poisons are read as such
     assert mirrored[2]["poisons"] == "robust (low KL)" and set(mirrored[1]) <= set(poisons)
     with pytest.raises(PudrtError, match="--kl-orientation must be one of auto, robust, fragile"):
