@@ -46,6 +46,17 @@ def _pattern_line(found: dict) -> str:
     return line
 
 
+def sides_line(sides: dict) -> str:
+    """AdvrBD's stage-1 orientation (advrbd.kl_partition's `sides`), in words."""
+    line = f"AdvrBD: poisons read as {sides['poisons']} under a patch perturbation"
+    if sides["kl_orientation"] != "auto":
+        return f"{line} (--kl-orientation {sides['kl_orientation']})"
+    if "target_share" not in sides:
+        return f"{line} (the paper's side: no target class was found to read it from)"
+    return (f"{line}: class {sides['target']} is {sides['target_share_lowest_kl']:.0%} of the lowest-KL rows, "
+            f"{sides['target_share_highest_kl']:.0%} of the highest and {sides['target_share']:.0%} of DATA")
+
+
 def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, cfg: PurifyConfig,
            onnx: bool = True) -> list[str]:
     """Save the outputs of a finished (or stopped) run; returns the lines the CLI prints."""
@@ -65,6 +76,9 @@ def finish(result: PurifyResult, loaded: LoadedModel, source: Path, out: Path, c
     pattern = next((r["shared_pattern"] for r in result.history if r.get("shared_pattern")), None)
     if pattern:
         lines.append(_pattern_line(pattern))
+    sides = next((r["sides"] for r in result.history if r.get("sides")), None)
+    if sides:
+        lines.append(sides_line(sides))
     fit = next((r["spectre"] for r in reversed(result.history) if r.get("spectre")), None)
     if fit:
         lines.append(_filter_line(fit))

@@ -261,6 +261,7 @@ def test_bad_inputs_are_explained(badnets_model, train_data, tmp_path):
 
 def test_advrbd_reads_which_kl_tail_holds_the_poisons():
     from pudrt.purify.advrbd import kl_partition
+    from pudrt.purify.report import sides_line
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 100)
@@ -272,6 +273,8 @@ def test_advrbd_reads_which_kl_tail_holds_the_poisons():
     cfg = PurifyConfig.for_method("advrbd")
     picks, suspects, sides = kl_partition(kl, labels, 0, cfg)
     assert sides["poisons"] == "fragile (high KL)" and sides["target_share_highest_kl"] == 1.0
+    assert sides_line(sides).endswith("fragile (high KL) under a patch perturbation: class 0 is 22% of the "
+                                      "lowest-KL rows, 100% of the highest and 10% of DATA"), sides_line(sides)
     assert set(suspects) <= set(poisons) and len(suspects) == 50  # the highest-KL 5%
     assert not np.isin(picks, poisons).any() and not (labels[picks] == 0).any()  # no pick from the target class
     assert len(picks) == 90 and np.all(kl[picks] < 0.2)  # each other class's lowest-KL 10%
@@ -280,6 +283,7 @@ def test_advrbd_reads_which_kl_tail_holds_the_poisons():
         picks, suspects, sides = kl_partition(kl, labels, target, PurifyConfig.for_method("advrbd",
                                                                                       kl_orientation=forced))
         assert sides["poisons"] == "robust (low KL)" and np.all(kl[suspects] < 0.06)
+        assert ("--kl-orientation robust" if target == 0 else "no target class was found") in sides_line(sides)
         assert len(picks) == 100 and np.isin(poisons, picks).sum() == 10  # class 0's highest KL: poisons
     # a class that fills neither tail more than DATA does keeps the paper's side, even leaning to the high one
     leaning = rng.uniform(0, 1, len(labels))
