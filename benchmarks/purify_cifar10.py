@@ -223,8 +223,10 @@ def subset_note(row: dict) -> str:
 
 
 def options_note(row: dict) -> str:
-    options = row.get("options") or {}
-    return f" ({', '.join(f'{k}={json.dumps(v)}' for k, v in sorted(options.items()))})" if options else ""
+    """The row's --set options and its --label (which names what a one-off run changed outside the options)."""
+    notes = [f"{k}={json.dumps(v)}" for k, v in sorted((row.get("options") or {}).items())]
+    notes += [f"“{row['label']}”"] if row.get("label") else []
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def residual_note(res: dict | None) -> str:
