@@ -38,3 +38,10 @@ def test_summary_keeps_the_latest_full_set_row_and_judges_each_target():
     assert "| badnets | advrbd |" in badnets and badnets.count("**no**") == 1 and "yes / yes / **no**" in badnets
     assert "| blend | pud |" in blend and "yes / **no** / yes" in blend
     assert "96.0→0.9" in blend and "96.0→30.0" not in blend  # the later blend row, not the superseded one
+
+
+def test_a_row_names_its_options_and_label():
+    bench = load_bench()
+    assert bench.options_note({"options": {"shared_pattern": False}, "label": "no-pattern"}) == (
+        " (shared_pattern=false, “no-pattern”)")
+    assert bench.options_note({"options": {}, "label": ""}) == ""
