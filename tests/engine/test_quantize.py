@@ -49,6 +49,32 @@ def test_unsigned_int8_weights_do_not_saturate_without_vnni(tmp_path, trained_fp
         quantize_int8(fp32, tmp_path / "x.onnx", calib.numpy(), reduce_range=True, unsigned_weights=True)
 
 
+def test_cascade_reruns_int8s_near_ties_through_fp32(tmp_path, trained_fp32, test_data):
+    import numpy as np
+
+    from pudrt.engine.cascade import CascadeRunner, margin_for_share, top2_margin
+
+    batches = iter_batches(test_data, 256, workers=0)
+    calib, check = next(batches).float().numpy(), torch.cat([next(batches).float() for _ in range(3)]).numpy()
+    int8 = quantize_int8(trained_fp32, tmp_path / "int8.onnx", calib)
+    with OrtRunner(trained_fp32, device="cpu") as exact, OrtRunner(int8, device="cpu") as fast:
+        ref, alone = exact(check), fast(check)
+        margin = margin_for_share(fast, calib, 0.1)
+        cascade = CascadeRunner(fast, exact, margin)
+        got = cascade(check)
+    rerun = top2_margin(alone["logits"]) < margin
+    assert 0.03 < cascade.rerun_share == rerun.mean() < 0.3, cascade.rerun_share  # about the share asked for
+    for key in ("logits", "features"):  # near ties come from fp32, the rest from INT8 as it was
+        np.testing.assert_allclose(got[key][rerun], ref[key][rerun], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(got[key][~rerun], alone[key][~rerun])
+    agree = [float((out["logits"].argmax(1) == ref["logits"].argmax(1)).mean()) for out in (alone, got)]
+    assert agree[1] >= agree[0] and agree[1] >= 0.98, agree
+    with pytest.raises(PudrtError, match="re-run share must lie in"):
+        margin_for_share(fast, calib, 0.0)
+    with pytest.raises(PudrtError, match="margin must be >= 0"):
+        CascadeRunner(fast, exact, -1.0)
+
+
 def test_int8_needs_real_calibration_images(tmp_path, images):
     fp32 = export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)), tmp_path / "m.onnx",
                        images[:2])
