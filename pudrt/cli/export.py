@@ -90,6 +90,7 @@ def export(
             result = verify_grad_graph(tmp, net, images, labels, grad, steps=steps)
             typer.echo(result.describe())
         elif int8:
+            from pudrt.engine.cascade import CascadeRunner, margin_for_share
             from pudrt.engine.quantize import quantize_int8, weight_kind, weights_reduced
 
             fp32 = Path(t) / "fp32.onnx"
@@ -98,9 +99,16 @@ def export(
             quantize_int8(fp32, tmp, calib.numpy(), reduce_range=reduce_range, unsigned_weights=unsigned_weights)
             with OrtRunner(fp32, device="cpu") as ref_runner, OrtRunner(tmp, device="cpu") as q_runner:
                 ref, got = ref_runner(images), q_runner(images)
+                # what INT8 with an fp32 re-run of its near ties (engine/cascade.py) would give on these images
+                cascade = CascadeRunner(q_runner, ref_runner, margin_for_share(q_runner, calib.numpy(), 0.1))
+                both = cascade(images)
             result = compare(ref, got, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
             typer.echo(f"INT8 ({weight_kind(reduce_range, unsigned_weights)}) vs FP32 {result.describe()} "
                        f"(need top-1 ≥ {100 * min_agreement:.0f}%)")
+            agree = float(np.mean(both["logits"].argmax(1) == ref["logits"].argmax(1)))
+            typer.echo(f"with FP32 re-running INT8's near ties (top-2 margin < {cascade.margin:.3g}, the calibration "
+                       f"images' lowest 10%): top-1 agreement {100 * agree:.2f}%, {100 * cascade.rerun_share:.1f}% "
+                       f"re-run (pudrt.engine.CascadeRunner, with an FP32 export beside this file)")
             if not result.passed and not unsigned_weights and weights_reduced(reduce_range):
                 typer.echo("hint: --unsigned-weights keeps all 8 bits without saturating on a CPU without VNNI "
                            "(closer to FP32, slower there); or accept less with --min-agreement")

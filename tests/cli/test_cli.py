@@ -184,6 +184,7 @@ def test_int8_export_from_the_cli_says_how_its_weights_are_stored(tmp_path, mode
     code, out = invoke("export", model_file, "-o", tmp_path / "q.onnx", "--int8", "--unsigned-weights",
                        "--check-samples", "64", "--calib-samples", "64", "--min-agreement", "0")
     assert code == 0 and "INT8 (8-bit unsigned weights) vs FP32" in out and "top-1 agreement" in out, out
+    assert "with FP32 re-running INT8's near ties" in out and "re-run (pudrt.engine.CascadeRunner" in out, out
     assert (tmp_path / "q.onnx").is_file()
     code, out = invoke("export", model_file, "-o", tmp_path / "r.onnx", "--int8", "--unsigned-weights",
                        "--reduce-range", "--check-samples", "16", "--calib-samples", "16")
