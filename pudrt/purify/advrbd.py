@@ -47,7 +47,7 @@ is 0.2 of DATA, 0.1 for the clean-label SIG). With fragile poisons the picks are
 of its poisons: 646 of its 1,000 on WaNet), and the enhancement makes
 `enhance_passes_fragile` passes. Rerunning stage 2 from the WaNet run's stage
 1 (one-off script, 2026-11-30): AUROC 0.965 and 81% of the poisons above the
-cut (95% precision) with one pass; with two, 99.2-99.4% of them at 92-95%
+cut (95% precision) with one pass; with two, 98.6-99.4% of them at 92-95%
 precision over three seeds (three passes 99.7%, 91%). Two passes in the
 paper's orientation found fewer: Blend's recall 100% -> 99.1%, SIG's
 94.9% -> 41.8%, so it keeps one.

@@ -138,7 +138,7 @@ class PurifyConfig:
     are robust ..."""
     enhance_passes_fragile: int = 2
     """... and where they are fragile (advrbd.kl_partition: one pass found 76-81% of WaNet's poisons there,
-    two 99.2-99.4%) ..."""
+    two 98.6-99.4% over three seeds) ..."""
     enhance_min_steps: int = 12
     """... and at least this many optimizer steps (12 batches made one pass on 15,000 rows)."""
     enhance_cut: float = 0.999
