@@ -105,7 +105,7 @@ def export(
             result = compare(ref, got, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
             typer.echo(f"INT8 ({weight_kind(reduce_range, unsigned_weights)}) vs FP32 {result.describe()} "
                        f"(need top-1 ≥ {100 * min_agreement:.0f}%)")
-            agree = float(np.mean(both["logits"].argmax(1) == ref["logits"].argmax(1)))
+            agree = compare(ref, both, atol=float("inf"), rtol=0.0).top1
             typer.echo(f"with FP32 re-running INT8's near ties (top-2 margin < {cascade.margin:.3g}, the calibration "
                        f"images' lowest 10%): top-1 agreement {100 * agree:.2f}%, {100 * cascade.rerun_share:.1f}% "
                        f"re-run (pudrt.engine.CascadeRunner, with an FP32 export beside this file)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pudrt.engine.runners import _as_numpy
 from pudrt.errors import PudrtError
 
 
@@ -68,13 +69,13 @@ class CascadeRunner:
         return self.rerun / self.seen if self.seen else 0.0
 
     def __call__(self, x) -> dict[str, np.ndarray]:
-        x = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
+        x = _as_numpy(x)
         out = self.fast(x)
         rows = np.flatnonzero(top2_margin(out["logits"]) < self.margin)
         self.seen += len(x)
         self.rerun += len(rows)
         if len(rows):
-            again = self.exact(np.ascontiguousarray(x[rows]))
+            again = self.exact(x[rows])  # fancy indexing copies: contiguous
             out = {k: v.copy() for k, v in out.items()}
             for k in out.keys() & again.keys():
                 out[k][rows] = again[k]
