@@ -126,11 +126,16 @@ class OrtRunner:
                      f"or missing CUDA/cuDNN/TensorRT libraries); the session holds {', '.join(held)}"
             )
             if not allow_fallback:
+                self.session = None  # not left to the collector in the traceback's cycle (io/datasets.py)
                 raise PudrtError(f"asked for {device} but cannot run there: {why}. Pass --device cpu, or allow "
                                  f"the fallback explicitly.")
             self.fallback_reason = why
             log.warning("running on %s instead of %s: %s", self.provider, wanted, why)
-        self._check_io()
+        try:
+            self._check_io()
+        except PudrtError:
+            self.session = None
+            raise
         self._binding = self.session.io_binding()
 
     def _check_io(self) -> None:

@@ -15,6 +15,7 @@ classes, an empty class, labels out of range, wrong array shapes) raise a
 from __future__ import annotations
 
 import functools
+import gc
 import io
 import json
 import logging
@@ -650,11 +651,29 @@ def iter_batches(
         prefetch_factor=4 if workers else None,
     )
     skips = skips if skips is not None else SkipCounter(dataset)
-    for batch in loader:
+    for batch in _forked_workers(loader):
         if batch.skipped:
             skips.add(batch.skipped)
         if len(batch.y):
             yield batch
+
+
+def _forked_workers(loader: torch.utils.data.DataLoader):
+    """`iter(loader)`, whose worker processes never collect what they inherit.
+
+    A worker is forked from a process that may hold garbage not yet collected: an ONNX Runtime session in a
+    reference cycle, say (a traceback that holds a runner does that). Collected in the worker, such a session
+    waits forever for its thread pool, whose threads were not forked with it (seen: a test run hung so,
+    2026-11-30). Freezing the collector across the fork puts everything the workers inherit out of their
+    collector's reach, as `gc.freeze` is documented for; this process collects it as before.
+    """
+    if not loader.num_workers:
+        return iter(loader)
+    gc.freeze()
+    try:
+        return iter(loader)  # starts (forks) the workers
+    finally:
+        gc.unfreeze()
 
 
 def default_workers() -> int:

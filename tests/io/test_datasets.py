@@ -259,3 +259,59 @@ def test_per_class_takes_a_stratified_subset_and_keeps_the_poisons(tmp_path, tra
     assert all(part.ids[i] in poisoned.poison["poison_ids"] for i in part.poison_indices)
     with pytest.raises(PudrtError, match="at least 1"):
         poisoned.per_class(0)
+
+
+FORK_AFTER_ORT = """
+import gc
+import numpy as np, onnx, onnxruntime
+from onnx import TensorProto, helper
+from pudrt.io import embedded_dataset, iter_batches
+
+graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
+options = onnxruntime.SessionOptions()
+options.intra_op_num_threads = 2  # a session with a thread pool, as every runner has
+session = onnxruntime.InferenceSession(helper.make_model(graph).SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+session.run(None, {"x": np.ones((8, 4), np.float32)})
+
+
+class Cycle:
+    pass
+
+
+holder = Cycle()
+holder.me, holder.session = holder, session  # only the collector can free it (a traceback holding a runner does that)
+del session
+gc.collect()  # the cycle is now in the oldest generation
+del holder  # garbage there, until the next full collection
+
+
+class CollectFirst:  # a full collection in the worker, as a long decoding run makes sooner or later
+    def __init__(self, data):
+        self.data, self.ids = data, data.ids
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if i == 0:
+            gc.collect()
+        return self.data[i]
+
+
+print(sum(len(b.y) for b in iter_batches(CollectFirst(embedded_dataset("test")), 500, workers=1)))
+"""
+
+
+def test_decoding_workers_do_not_collect_an_inherited_onnx_runtime_session():
+    # collected in a forked worker, a session waits forever for its thread pool's threads, which were not forked
+    import subprocess
+    import sys
+
+    try:
+        run = subprocess.run([sys.executable, "-c", FORK_AFTER_ORT], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the decoding worker hung collecting the ONNX Runtime session it inherited")
+    assert run.returncode == 0 and run.stdout.split()[-1] == "2000", run.stderr[-2000:]
