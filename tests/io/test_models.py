@@ -119,6 +119,20 @@ def test_save_is_atomic_and_keeps_the_old_file_on_failure(tmp_path, trained_like
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
 
+def test_saved_files_get_the_umasks_permissions_not_the_temporary_files(tmp_path, trained_like):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_model(trained_like, tmp_path / "m.pt", "resnet8", 10)
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by the serving user, as `open` would make it
+        path.chmod(0o600)
+        save_model(trained_like, path, "resnet8", 10)  # a replaced file keeps the permissions it had
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)
+
+
 def test_models_are_built_and_loaded_channels_last_and_saved_contiguous(tmp_path):
     def convs(m):
         return [p for p in m.parameters() if p.dim() == 4]
