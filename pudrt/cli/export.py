@@ -50,6 +50,11 @@ def export(
                                                        "8-bit (default: 7-bit unless this CPU has VNNI).")] = None,
     unsigned_weights: Annotated[bool, typer.Option("--unsigned-weights", help="--int8 with 8-bit unsigned weights: "
                                                    "closer to FP32 on a CPU without VNNI, but slower there.")] = False,
+    cascade: Annotated[bool, typer.Option("--cascade", help="--int8 as one file that also re-runs INT8's near "
+                                                            "ties (smallest top-2 logit margins) through the float "
+                                                            "graph, with a `rerun` output per row.")] = False,
+    rerun_share: Annotated[float, typer.Option(help="--cascade's threshold: the top-2 margin under which this share "
+                                                    "of the calibration images falls.")] = 0.1,
     keep_convs: Annotated[bool, typer.Option("--keep-convs", help="Keep convolutions on tiny feature maps as "
                                                                   "they are instead of rewriting them as exact "
                                                                   "dense products (faster on CPUs).")] = False,
@@ -60,13 +65,16 @@ def export(
     unsafe_pickle: ModelOpts.unsafe_pickle = False,
 ) -> None:
     """Export a model and check the export against the source on real images; fail if they disagree."""
-    from pudrt.engine.export import compare, export_onnx, verify_onnx
-    from pudrt.engine.runners import OrtRunner
+    from pudrt.engine.export import export_onnx, verify_onnx
 
     if engine not in ("onnx", "trt"):
         raise PudrtError(f"--engine must be onnx or trt, got {engine!r}")
     if not int8 and (unsigned_weights or reduce_range is not None):
         raise PudrtError("--reduce-range, --full-range and --unsigned-weights choose INT8 weights; add --int8")
+    if cascade and not int8:
+        raise PudrtError("--cascade joins an INT8 graph to the float one; add --int8")
+    if not 0 < rerun_share < 1:
+        raise PudrtError(f"--rerun-share must lie in (0, 1), got {rerun_share}")
     if int8:
         from pudrt.engine.quantize import check_weight_options
 
@@ -90,28 +98,8 @@ def export(
             result = verify_grad_graph(tmp, net, images, labels, grad, steps=steps)
             typer.echo(result.describe())
         elif int8:
-            from pudrt.engine.cascade import CascadeRunner, margin_for_share
-            from pudrt.engine.quantize import quantize_int8, weight_kind, weights_reduced
-
-            fp32 = Path(t) / "fp32.onnx"
-            export_onnx(net, fp32, images[:4], dense=not keep_convs)
-            calib, _ = _images(check_data, calib_samples, offset=1)
-            quantize_int8(fp32, tmp, calib.numpy(), reduce_range=reduce_range, unsigned_weights=unsigned_weights)
-            with OrtRunner(fp32, device="cpu") as ref_runner, OrtRunner(tmp, device="cpu") as q_runner:
-                ref, got = ref_runner(images), q_runner(images)
-                # what INT8 with an fp32 re-run of its near ties (engine/cascade.py) would give on these images
-                cascade = CascadeRunner(q_runner, ref_runner, margin_for_share(q_runner, calib.numpy(), 0.1))
-                both = cascade(images)
-            result = compare(ref, got, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
-            typer.echo(f"INT8 ({weight_kind(reduce_range, unsigned_weights)}) vs FP32 {result.describe()} "
-                       f"(need top-1 ≥ {100 * min_agreement:.0f}%)")
-            agree = compare(ref, both, atol=float("inf"), rtol=0.0).top1
-            typer.echo(f"with FP32 re-running INT8's near ties (top-2 margin < {cascade.margin:.3g}, the calibration "
-                       f"images' lowest 10%): top-1 agreement {100 * agree:.2f}%, {100 * cascade.rerun_share:.1f}% "
-                       f"re-run (pudrt.engine.CascadeRunner, with an FP32 export beside this file)")
-            if not result.passed and not unsigned_weights and weights_reduced(reduce_range):
-                typer.echo("hint: --unsigned-weights keeps all 8 bits without saturating on a CPU without VNNI "
-                           "(closer to FP32, slower there); or accept less with --min-agreement")
+            result = _export_int8(net, tmp, Path(t), images, calib_samples, check_data, min_agreement, atol, rtol,
+                                  reduce_range, unsigned_weights, keep_convs, cascade, rerun_share)
         else:
             export_onnx(net, tmp, images[:4], dense=not keep_convs)
             result = verify_onnx(tmp, net, images, atol=atol, rtol=rtol)
@@ -120,6 +108,56 @@ def export(
             raise PudrtError(f"the export does not reproduce {model} within tolerance; nothing was written")
         tmp.replace(output)
     typer.echo(f"wrote {output}")
+
+
+def _export_int8(net, dst: Path, work: Path, images: torch.Tensor, calib_samples: int, check_data: str | None,
+                 min_agreement: float, atol: float, rtol: float, reduce_range: bool | None, unsigned_weights: bool,
+                 keep_convs: bool, cascade: bool, rerun_share: float):
+    """Write the INT8 graph (or, with `cascade`, INT8 joined to the float graph) to `dst`; return the check that
+    decides whether it is kept: top-1 agreement with the float export on the check images."""
+    from pudrt.engine.cascade import margin_for_share, write_cascade
+    from pudrt.engine.export import compare, export_onnx
+    from pudrt.engine.quantize import quantize_int8, weight_kind, weights_reduced
+    from pudrt.engine.runners import OrtRunner
+
+    parts = work / "parts"  # apart from `dst`, whatever its name
+    parts.mkdir()
+    fp32, int8, joined = parts / "fp32.onnx", parts / "int8.onnx", parts / "cascade.onnx"
+    export_onnx(net, fp32, images[:4], dense=not keep_convs)
+    calib, _ = _images(check_data, calib_samples, offset=1)
+    quantize_int8(fp32, int8, calib.numpy(), reduce_range=reduce_range, unsigned_weights=unsigned_weights)
+    with OrtRunner(fp32, device="cpu") as ref_runner, OrtRunner(int8, device="cpu") as q_runner:
+        ref, alone = ref_runner(images), q_runner(images)
+        margin = margin_for_share(q_runner, calib.numpy(), rerun_share)
+    write_cascade(int8, fp32, joined, margin, share=rerun_share)
+    with OrtRunner(joined, device="cpu") as c_runner:
+        both = c_runner(images)
+    rerun = both["rerun"]
+    # the rows the cascade sent through the float graph must be the float export's, to the export tolerance
+    if rerun.any():
+        wired = compare({k: v[rerun] for k, v in ref.items()}, {k: both[k][rerun] for k in ref}, atol, rtol)
+        if not wired.passed:
+            raise PudrtError(f"the cascade's re-run rows differ from the float export ({wired.describe()}); "
+                             f"nothing was written")
+    need = f"(need top-1 ≥ {100 * min_agreement:.0f}%)"
+    kind = weight_kind(reduce_range, unsigned_weights)
+    int8_result = compare(ref, alone, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
+    cascade_result = compare(ref, both, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
+    typer.echo(f"INT8 ({kind}) vs FP32 {int8_result.describe()}{'' if cascade else ' ' + need}")
+    typer.echo(f"INT8 with FP32 re-running its near ties (top-2 margin < {margin:.3g}, the calibration images' lowest "
+               f"{100 * rerun_share:.0f}%) vs FP32: top-1 agreement {100 * cascade_result.top1:.2f}%, "
+               f"{100 * rerun.mean():.1f}% re-run{' ' + need if cascade else ''}")
+    if cascade:
+        joined.replace(dst)
+        return cascade_result
+    int8.replace(dst)
+    if not int8_result.passed:
+        if cascade_result.passed:
+            typer.echo("hint: --cascade writes the INT8 graph with that FP32 re-run in one file")
+        elif not unsigned_weights and weights_reduced(reduce_range):
+            typer.echo("hint: --unsigned-weights keeps all 8 bits without saturating on a CPU without VNNI "
+                       "(closer to FP32, slower there); or accept less with --min-agreement")
+    return int8_result
 
 
 def _export_trt(model: Path, output: Path, fp16: bool, images: torch.Tensor, min_agreement: float) -> None:

@@ -180,12 +180,22 @@ def test_export_grad_graph_from_the_cli(tmp_path, model_file):
 
 
 def test_int8_export_from_the_cli_says_how_its_weights_are_stored(tmp_path, model_file):
+    import onnx
+
     # an untrained model's logits are near ties, so agreement is not asked of it here (test_quantize does that)
     code, out = invoke("export", model_file, "-o", tmp_path / "q.onnx", "--int8", "--unsigned-weights",
                        "--check-samples", "64", "--calib-samples", "64", "--min-agreement", "0")
     assert code == 0 and "INT8 (8-bit unsigned weights) vs FP32" in out and "top-1 agreement" in out, out
-    assert "with FP32 re-running INT8's near ties" in out and "re-run (pudrt.engine.CascadeRunner" in out, out
+    assert "INT8 with FP32 re-running its near ties" in out and "% re-run" in out, out
     assert (tmp_path / "q.onnx").is_file()
+    code, out = invoke("export", model_file, "-o", tmp_path / "c.onnx", "--int8", "--cascade", "--rerun-share",
+                       "0.2", "--check-samples", "64", "--calib-samples", "64", "--min-agreement", "0")
+    assert code == 0 and "calibration images' lowest 20%" in out, out
+    assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["logits", "features", "rerun"]
+    code, out = invoke("export", model_file, "-o", tmp_path / "d.onnx", "--cascade")
+    assert code == 2 and "add --int8" in out and not (tmp_path / "d.onnx").exists(), out
+    code, out = invoke("export", model_file, "-o", tmp_path / "d.onnx", "--int8", "--cascade", "--rerun-share", "1")
+    assert code == 2 and "--rerun-share must lie in (0, 1)" in out, out
     code, out = invoke("export", model_file, "-o", tmp_path / "r.onnx", "--int8", "--unsigned-weights",
                        "--reduce-range", "--check-samples", "16", "--calib-samples", "16")
     assert code == 2 and "unsigned INT8 weights are 8-bit" in out and not (tmp_path / "r.onnx").exists(), out

@@ -49,10 +49,12 @@ def test_unsigned_int8_weights_do_not_saturate_without_vnni(tmp_path, trained_fp
         quantize_int8(fp32, tmp_path / "x.onnx", calib.numpy(), reduce_range=True, unsigned_weights=True)
 
 
-def test_cascade_reruns_int8s_near_ties_through_fp32(tmp_path, trained_fp32, test_data):
+def test_cascade_reruns_int8s_near_ties_through_fp32_in_python_and_in_one_onnx_file(tmp_path, trained_fp32,
+                                                                                     test_data):
     import numpy as np
+    import onnx
 
-    from pudrt.engine.cascade import CascadeRunner, margin_for_share, top2_margin
+    from pudrt.engine.cascade import CascadeRunner, margin_for_share, top2_margin, write_cascade
 
     batches = iter_batches(test_data, 256, workers=0)
     calib, check = next(batches).float().numpy(), torch.cat([next(batches).float() for _ in range(3)]).numpy()
@@ -60,19 +62,43 @@ def test_cascade_reruns_int8s_near_ties_through_fp32(tmp_path, trained_fp32, tes
     with OrtRunner(trained_fp32, device="cpu") as exact, OrtRunner(int8, device="cpu") as fast:
         ref, alone = exact(check), fast(check)
         margin = margin_for_share(fast, calib, 0.1)
-        cascade = CascadeRunner(fast, exact, margin)
-        got = cascade(check)
-    rerun = top2_margin(alone["logits"]) < margin
-    assert 0.03 < cascade.rerun_share == rerun.mean() < 0.3, cascade.rerun_share  # about the share asked for
-    for key in ("logits", "features"):  # near ties come from fp32, the rest from INT8 as it was
-        np.testing.assert_allclose(got[key][rerun], ref[key][rerun], rtol=1e-4, atol=1e-4)
-        np.testing.assert_array_equal(got[key][~rerun], alone[key][~rerun])
-    agree = [float((out["logits"].argmax(1) == ref["logits"].argmax(1)).mean()) for out in (alone, got)]
-    assert agree[1] >= agree[0] and agree[1] >= 0.98, agree
-    with pytest.raises(PudrtError, match="re-run share must lie in"):
-        margin_for_share(fast, calib, 0.0)
+        joined = CascadeRunner(fast, exact, margin)
+        in_python = joined(check)
+        with pytest.raises(PudrtError, match="re-run share must lie in"):
+            margin_for_share(fast, calib, 0.0)
+        with pytest.raises(PudrtError, match="margin must be >= 0"):
+            CascadeRunner(fast, exact, -1.0)
+    path = write_cascade(int8, trained_fp32, tmp_path / "cascade.onnx", margin, share=0.1)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert float(meta["pudrt.cascade.margin"]) == margin and meta["pudrt.cascade.calibration_share"] == "0.1"
+    with OrtRunner(path, device="cpu") as cascade:
+        assert cascade.outputs == ("logits", "features", "rerun")
+        in_onnx = cascade(check)
+        one, empty = cascade(check[:1]), cascade(check[:0])  # a batch of 1, and a batch with nothing to re-run
+    assert one["logits"].shape == (1, 10) and empty["features"].shape == (0, ref["features"].shape[1])
+    rerun = top2_margin(alone["logits"]) < np.float32(margin)
+    np.testing.assert_array_equal(in_onnx["rerun"], rerun)
+    assert 0.03 < joined.rerun_share == rerun.mean() < 0.3, joined.rerun_share  # about the share asked for
+    for got in (in_python, in_onnx):
+        for key in ("logits", "features"):  # near ties come from fp32, the rest from INT8 as it was
+            np.testing.assert_allclose(got[key][rerun], ref[key][rerun], rtol=1e-4, atol=1e-4)
+            np.testing.assert_array_equal(got[key][~rerun], alone[key][~rerun])
+        agree = [float((out["logits"].argmax(1) == ref["logits"].argmax(1)).mean()) for out in (alone, got)]
+        assert agree[1] >= agree[0] and agree[1] >= 0.98, agree
+    for threshold, expect in ((0.0, alone), (1e9, ref)):  # nothing re-run: INT8; everything: fp32
+        with OrtRunner(write_cascade(int8, trained_fp32, tmp_path / "t.onnx", threshold), device="cpu") as runner:
+            out = runner(check[:37])
+        assert out["rerun"].all() == (threshold > 0) and out["rerun"].any() == (threshold > 0)
+        np.testing.assert_allclose(out["logits"], expect["logits"][:37], rtol=1e-4, atol=1e-4)
     with pytest.raises(PudrtError, match="margin must be >= 0"):
-        CascadeRunner(fast, exact, -1.0)
+        write_cascade(int8, trained_fp32, tmp_path / "x.onnx", -1.0)
+    from pudrt.engine.grad import export_grad_graph
+
+    grad = export_grad_graph(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)),
+                             tmp_path / "g.onnx", torch.rand(2, 3, 32, 32), "ce")
+    with pytest.raises(PudrtError, match="joins two `pudrt export` graphs"):
+        write_cascade(int8, grad, tmp_path / "x.onnx", margin)
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_int8_needs_real_calibration_images(tmp_path, images):
