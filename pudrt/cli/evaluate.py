@@ -2,12 +2,13 @@
 
 MODEL is a PyTorch model file or an engine (`.onnx` through ONNX Runtime,
 `.plan`/`.engine` through TensorRT); the same metrics run through either. It measures
-C-Acc, ASR given a trigger, and for PyTorch models adv_acc under the two PGD
-presets (PGD-7 at ε=6/255 as in PBE/PUD, PGD-10 at ε=8/255) with the same PGD
-that `purify` trains with. Adversarial accuracy of engines, engine-vs-source
-agreement and the trade-off table are not there yet; the command says so rather
-than printing numbers it did not compute.
-"""
+C-Acc, ASR given a trigger, and adv_acc under the two PGD presets (PGD-7 at ε=6/255 as
+in PBE/PUD, PGD-10 at ε=8/255) with the same PGD that `purify` trains with. An engine
+has no gradient of its own to attack (an INT8 graph's rounding has none), so its
+adv_acc needs the model it was exported from (`--source MODEL`): PGD runs on the
+source's gradients, as it would for an attacker holding the weights, and the engine
+classifies the examples; the source's own adv_acc on the same examples and the
+engine-vs-source agreement on the clean test data come beside it."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import typer
 from pudrt.attacks import load_trigger
 from pudrt.cli.common import ModelOpts, dataset_arg, load_model_from_opts
 from pudrt.errors import PudrtError
-from pudrt.evaluate import adversarial_accuracy, attack_success_rate, clean_accuracy
+from pudrt.evaluate import adversarial_accuracy, agreement, attack_success_rate, clean_accuracy, transferred_accuracy
 from pudrt.io import iter_batches, write_json_atomic
 
 PGD_PRESETS = ((7, 6), (10, 8))
@@ -47,6 +48,9 @@ def evaluate(
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help="Run on the CPU when the asked GPU "
                                                  "provider is unavailable, with a warning, instead of failing.")]
     = False,
+    source: Annotated[Path | None, typer.Option(help="For an engine: the model file it was exported from. Adds the "
+                                                     "engine's adv_acc on PGD examples crafted on the source's "
+                                                     "gradients, and its agreement with the source.")] = None,
 ) -> None:
     """Clean accuracy (C-Acc) and attack success rate (ASR) of a model or engine on test data."""
     test = dataset_arg(data, split)
@@ -59,10 +63,27 @@ def evaluate(
         if attack is not None:
             result["attack"] = attack.params()
             result["asr"] = attack_success_rate(net, test, attack)
-        if adv_samples > 0 and isinstance(net, torch.nn.Module):
+        is_engine = not isinstance(net, torch.nn.Module)
+        if source is not None:
+            if not is_engine:
+                raise PudrtError(f"--source is the model an engine was exported from; {model} is a model itself")
+            src = load_model_from_opts(source, arch, num_classes, mean, std, unsafe_pickle).net.eval()
+            with torch.no_grad():
+                classes = int(src(_first_image(test)).shape[1])
+            if classes != int(probe.shape[1]):
+                raise PudrtError(f"{source} has {classes} classes and the engine {model} {int(probe.shape[1])}: "
+                                 f"--source must be the model the engine was exported from")
+            result["source"] = str(source)
+            result["vs_source"] = agreement(src, net, test)
+        if adv_samples > 0 and (not is_engine or source is not None):
             for steps, eps in PGD_PRESETS:
-                result[f"adv_acc@PGD-{steps}/{eps}"] = adversarial_accuracy(net, test, eps / 255, steps,
-                                                                           limit=adv_samples)
+                key = f"adv_acc@PGD-{steps}/{eps}"
+                if is_engine:
+                    acc = transferred_accuracy(src, {"engine": net, "source": src}, test, eps / 255, steps,
+                                               limit=adv_samples)
+                    result[key], result[f"source_{key}"] = acc["engine"], acc["source"]
+                else:
+                    result[key] = adversarial_accuracy(net, test, eps / 255, steps, limit=adv_samples)
     line = f"C-Acc {result['c_acc']:.4f}"
     if attack is not None:
         line += f"  ASR {result['asr']:.4f} ({attack.name}, target {attack.target})"
@@ -70,8 +91,18 @@ def evaluate(
         if key.startswith("adv_acc"):
             line += f"  {key} {value:.4f}"
     typer.echo(f"{line}  on {test.describe()}, run by {engine}")
-    if not isinstance(net, torch.nn.Module):
-        typer.echo("(adversarial accuracy of an engine and engine-vs-source agreement are not measured yet)")
+    if "vs_source" in result:
+        vs = result["vs_source"]
+        typer.echo(f"vs the source {source}: top-1 agreement {100 * vs['top1_agreement']:.2f}% on the clean test "
+                   f"data, max |Δlogit| {vs['max_abs_logit']:.3g}" + "".join(
+                       f"; {key} of the source itself {result['source_' + key]:.4f} (same examples)"
+                       for key in result if key.startswith("adv_acc")))
+        if any(key.startswith("adv_acc") for key in result):
+            typer.echo("(the engine's adv_acc: PGD examples crafted on the source's gradients, classified by the "
+                       "engine)")
+    elif is_engine and adv_samples > 0:
+        typer.echo("(adv_acc of an engine needs the model it was exported from: add --source MODEL; PGD runs on "
+                   "its gradients and the engine classifies the examples)")
     if output is not None:
         write_json_atomic(output, result)
         typer.echo(f"wrote {output}")

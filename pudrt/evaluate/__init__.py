@@ -1,5 +1,13 @@
 """Metrics and the trade-off table."""
 
-from pudrt.evaluate.metrics import adversarial_accuracy, attack_success_rate, clean_accuracy, predict
+from pudrt.evaluate.metrics import (
+    adversarial_accuracy,
+    agreement,
+    attack_success_rate,
+    clean_accuracy,
+    predict,
+    transferred_accuracy,
+)
 
-__all__ = ["adversarial_accuracy", "attack_success_rate", "clean_accuracy", "predict"]
+__all__ = ["adversarial_accuracy", "agreement", "attack_success_rate", "clean_accuracy", "predict",
+           "transferred_accuracy"]

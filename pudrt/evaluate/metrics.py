@@ -63,24 +63,54 @@ def adversarial_accuracy(model: torch.nn.Module, dataset: LabelledImages, eps: f
     Uses the same `PGD` as purification, so numbers in a purify history and in
     `pudrt evaluate` are the same measurement. Needs a differentiable torch model.
     """
+    return transferred_accuracy(model, {"model": model}, dataset, eps, steps, alpha, limit, batch_size)["model"]
+
+
+def transferred_accuracy(source: torch.nn.Module, judges: dict[str, Logits], dataset: LabelledImages,
+                         eps: float = 6 / 255, steps: int = 7, alpha: float | None = None, limit: int | None = None,
+                         batch_size: int = 256) -> dict[str, float]:
+    """Each judge's accuracy on the untargeted L∞ PGD examples crafted on `source`'s gradients.
+
+    This is how an engine's robustness is measured (`pudrt evaluate ENGINE --source MODEL`): an engine has no
+    gradient of its own to attack (an INT8 graph's rounding has none), but whoever holds the weights it was
+    exported from attacks those, and the engine is what then classifies the examples. With the source among the
+    judges, its entry is `adversarial_accuracy` of it. Same `PGD`, same samples.
+    """
     from pudrt.attacks.pgd import PGD
 
-    pgd = PGD(model, eps=eps, alpha=alpha, steps=steps)
+    pgd = PGD(source, eps=eps, alpha=alpha, steps=steps)
     indices = None
     if limit is not None and limit < len(dataset):
         indices = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(np.int64))
-    correct = seen = 0
-    was = model.training
-    model.eval()
+    correct = dict.fromkeys(judges, 0)
+    seen = 0
+    was = source.training
+    source.eval()
     try:
         for batch in iter_batches(dataset, batch_size, indices=indices):
             x, y = batch.float(), batch.y
             x_adv = pgd(x, y)
             with torch.no_grad():
-                out = model(x_adv)
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            correct += int((out.argmax(1) == y).sum())
+                for name, judge in judges.items():
+                    out = judge(x_adv)
+                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    correct[name] += int((out.argmax(1).cpu() == y).sum())
             seen += len(y)
     finally:
-        model.train(was)
-    return correct / seen if seen else float("nan")
+        source.train(was)
+    return {name: hits / seen if seen else float("nan") for name, hits in correct.items()}
+
+
+@torch.no_grad()
+def agreement(a: Logits, b: Logits, dataset: LabelledImages, batch_size: int = 256) -> dict[str, float]:
+    """How closely `b` reproduces `a` over `dataset`: top-1 agreement and the largest |Δlogit|."""
+    same = seen = 0
+    worst = 0.0
+    for batch in iter_batches(dataset, batch_size):
+        x = batch.float()
+        la, lb = (m(x) for m in (a, b))
+        la, lb = (out[0] if isinstance(out, (tuple, list)) else out for out in (la, lb))
+        same += int((la.argmax(1).cpu() == lb.argmax(1).cpu()).sum())
+        worst = max(worst, float((la.float().cpu() - lb.float().cpu()).abs().max()))
+        seen += len(x)
+    return {"top1_agreement": same / seen if seen else float("nan"), "max_abs_logit": worst}

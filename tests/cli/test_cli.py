@@ -268,6 +268,40 @@ def test_evaluate_runs_an_onnx_engine_and_matches_the_source_model(tmp_path, mod
         assert code == 2 and "asked for cuda" in out
 
 
+def test_evaluate_attacks_an_engine_through_its_source_model(tmp_path, clean_model):
+    from pudrt.io.models import save_model
+
+    source = save_model(clean_model, tmp_path / "m.pt", "resnet8", 10)
+    for name, flags in (("m.onnx", ()), ("q.onnx", ("--int8", "--min-agreement", "0.9"))):
+        code, out = invoke("export", source, "-o", tmp_path / name, "--check-samples", "64", *flags)
+        assert code == 0, out
+    code, src = invoke("evaluate", source, "embedded", "--adv-samples", "128", "-o", tmp_path / "src.json")
+    assert code == 0, src
+    results = {}
+    for name in ("m.onnx", "q.onnx"):
+        code, out = invoke("evaluate", tmp_path / name, "embedded", "--source", source, "--adv-samples", "128",
+                           "-o", tmp_path / f"{name}.json")
+        assert code == 0 and "vs the source" in out and "crafted on the source's gradients" in out, out
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    ref, fp32, int8 = json.loads((tmp_path / "src.json").read_text()), results["m.onnx"], results["q.onnx"]
+    key = "adv_acc@PGD-7/6"
+    assert ref[key] < ref["c_acc"] - 0.2, ref  # the attack does work on this model
+    # the float engine is the source to float noise: same predictions, same examples, the same adv_acc
+    assert fp32["vs_source"]["top1_agreement"] >= 0.999 and fp32["vs_source"]["max_abs_logit"] < 1e-3, fp32
+    assert fp32["source_" + key] == ref[key] and abs(fp32[key] - ref[key]) <= 2 / 128, (fp32, ref)
+    assert 0.9 <= int8["vs_source"]["top1_agreement"] < 1 and int8["source_" + key] == ref[key], int8
+    assert abs(int8[key] - ref[key]) <= 0.1, (int8, ref)
+    code, out = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--adv-samples", "16")
+    assert code == 0 and "add --source MODEL" in out and "adv_acc@" not in out, out
+    code, out = invoke("evaluate", source, "embedded", "--source", source, "--adv-samples", "0")
+    assert code == 2 and "is a model itself" in out, out
+    from pudrt.models import create_model
+
+    five = save_model(create_model("resnet8", 5), tmp_path / "five.pt", "resnet8", 5)
+    code, out = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--source", five, "--adv-samples", "0")
+    assert code == 2 and "must be the model the engine was exported from" in out, out
+
+
 @pytest.mark.parametrize("suffix", [".pt2", ".ts"])
 def test_export_accepts_models_saved_as_programs(tmp_path, suffix):
     from pudrt.io.models import save_model
