@@ -8,7 +8,9 @@ has no gradient of its own to attack (an INT8 graph's rounding has none), so its
 adv_acc needs the model it was exported from (`--source MODEL`): PGD runs on the
 source's gradients, as it would for an attacker holding the weights, and the engine
 classifies the examples; the source's own adv_acc on the same examples and the
-engine-vs-source agreement on the clean test data come beside it."""
+engine-vs-source agreement on the clean test data come beside it. `--square-queries N`
+adds the Square attack (black box, logits only), run against whatever is evaluated,
+engine or model, at ε=8/255."""
 
 from __future__ import annotations
 
@@ -22,11 +24,20 @@ import typer
 from pudrt.attacks import load_trigger
 from pudrt.cli.common import ModelOpts, dataset_arg, load_model_from_opts
 from pudrt.errors import PudrtError
-from pudrt.evaluate import adversarial_accuracy, agreement, attack_success_rate, clean_accuracy, transferred_accuracy
+from pudrt.evaluate import (
+    adversarial_accuracy,
+    agreement,
+    attack_success_rate,
+    clean_accuracy,
+    square_accuracy,
+    transferred_accuracy,
+)
 from pudrt.io import iter_batches, write_json_atomic
 
 PGD_PRESETS = ((7, 6), (10, 8))
 """(steps, ε·255) of the adversarial-accuracy presets."""
+SQUARE_EPS = 8
+"""ε·255 of the Square attack (the L∞ standard of AutoAttack, whose black-box part it is)."""
 
 
 def evaluate(
@@ -51,8 +62,13 @@ def evaluate(
     source: Annotated[Path | None, typer.Option(help="For an engine: the model file it was exported from. Adds the "
                                                      "engine's adv_acc on PGD examples crafted on the source's "
                                                      "gradients, and its agreement with the source.")] = None,
+    square_queries: Annotated[int, typer.Option(help="Also run the Square attack (black box: logits only, so on the "
+                                                     "engine itself) with this many queries per image on the "
+                                                     "--adv-samples images; 0 skips it.")] = 0,
 ) -> None:
     """Clean accuracy (C-Acc) and attack success rate (ASR) of a model or engine on test data."""
+    if square_queries < 0:
+        raise PudrtError(f"--square-queries must be >= 0, got {square_queries}")
     test = dataset_arg(data, split)
     attack = load_trigger(trigger) if trigger else None
     with _logits_fn(model, device, allow_fallback, (arch, num_classes, mean, std, unsafe_pickle)) as (net, engine):
@@ -84,6 +100,10 @@ def evaluate(
                     result[key], result[f"source_{key}"] = acc["engine"], acc["source"]
                 else:
                     result[key] = adversarial_accuracy(net, test, eps / 255, steps, limit=adv_samples)
+        if square_queries and adv_samples > 0:
+            square = square_accuracy(net, test, SQUARE_EPS / 255, square_queries, limit=adv_samples)
+            result[f"adv_acc@Square-{square_queries}/{SQUARE_EPS}"] = square["accuracy"]
+            result["square_median_queries"] = square["median_queries"]
     line = f"C-Acc {result['c_acc']:.4f}"
     if attack is not None:
         line += f"  ASR {result['asr']:.4f} ({attack.name}, target {attack.target})"
@@ -91,18 +111,23 @@ def evaluate(
         if key.startswith("adv_acc"):
             line += f"  {key} {value:.4f}"
     typer.echo(f"{line}  on {test.describe()}, run by {engine}")
+    pgd_keys = [key for key in result if key.startswith("adv_acc@PGD")]
     if "vs_source" in result:
         vs = result["vs_source"]
         typer.echo(f"vs the source {source}: top-1 agreement {100 * vs['top1_agreement']:.2f}% on the clean test "
                    f"data, max |Δlogit| {vs['max_abs_logit']:.3g}" + "".join(
                        f"; {key} of the source itself {result['source_' + key]:.4f} (same examples)"
-                       for key in result if key.startswith("adv_acc")))
-        if any(key.startswith("adv_acc") for key in result):
-            typer.echo("(the engine's adv_acc: PGD examples crafted on the source's gradients, classified by the "
+                       for key in pgd_keys))
+        if pgd_keys:
+            typer.echo("(the engine's PGD adv_acc: examples crafted on the source's gradients, classified by the "
                        "engine)")
     elif is_engine and adv_samples > 0:
-        typer.echo("(adv_acc of an engine needs the model it was exported from: add --source MODEL; PGD runs on "
-                   "its gradients and the engine classifies the examples)")
+        typer.echo("(PGD adv_acc of an engine needs the model it was exported from: add --source MODEL; PGD runs on "
+                   "its gradients and the engine classifies the examples. --square-queries N attacks the engine "
+                   "itself, from its logits)")
+    if "square_median_queries" in result:
+        typer.echo(f"Square attack (ε={SQUARE_EPS}/255, black box on {engine}): the images it turned took a median "
+                   f"of {result['square_median_queries']:.0f} queries of {square_queries}")
     if output is not None:
         write_json_atomic(output, result)
         typer.echo(f"wrote {output}")

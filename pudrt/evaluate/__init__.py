@@ -6,8 +6,9 @@ from pudrt.evaluate.metrics import (
     attack_success_rate,
     clean_accuracy,
     predict,
+    square_accuracy,
     transferred_accuracy,
 )
 
 __all__ = ["adversarial_accuracy", "agreement", "attack_success_rate", "clean_accuracy", "predict",
-           "transferred_accuracy"]
+           "square_accuracy", "transferred_accuracy"]

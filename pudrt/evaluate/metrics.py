@@ -114,3 +114,39 @@ def agreement(a: Logits, b: Logits, dataset: LabelledImages, batch_size: int = 2
         worst = max(worst, float((la.float().cpu() - lb.float().cpu()).abs().max()))
         seen += len(x)
     return {"top1_agreement": same / seen if seen else float("nan"), "max_abs_logit": worst}
+
+
+def square_accuracy(model: Logits, dataset: LabelledImages, eps: float = 8 / 255, queries: int = 1000,
+                    limit: int | None = None, batch_size: int = 256, seed: int = 0) -> dict[str, float]:
+    """adv_acc@Square-q/ε: accuracy on the Square attack's examples (`pudrt.attacks.square`), which needs only
+    logits, so it measures an engine itself. Also the median queries an image that the attack turned took
+    (one misclassified before the attack is not counted there)."""
+    from pudrt.attacks.square import Square
+
+    indices = None
+    if limit is not None and limit < len(dataset):
+        indices = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(np.int64))
+    attack = Square(model, eps=eps, queries=queries, seed=seed)
+    correct = seen = 0
+    spent = []
+    module = model if isinstance(model, torch.nn.Module) else None
+    was = module.training if module is not None else False
+    if module is not None:
+        module.eval()  # queries are answered as deployed: batch norm on its running statistics
+    try:
+        for batch in iter_batches(dataset, batch_size, indices=indices):
+            x, y = batch.float(), batch.y
+            x_adv = attack(x, y)
+            with torch.no_grad():
+                out = model(x_adv)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            right = out.argmax(1).cpu() == y
+            correct += int(right.sum())
+            seen += len(y)
+            spent.append(attack.used[~right & (attack.used > 1)])
+    finally:
+        if module is not None:
+            module.train(was)
+    used = torch.cat(spent) if spent else torch.zeros(0)
+    return {"accuracy": correct / seen if seen else float("nan"),
+            "median_queries": float(used.float().median()) if len(used) else float("nan")}

@@ -291,8 +291,14 @@ def test_evaluate_attacks_an_engine_through_its_source_model(tmp_path, clean_mod
     assert fp32["source_" + key] == ref[key] and abs(fp32[key] - ref[key]) <= 2 / 128, (fp32, ref)
     assert 0.9 <= int8["vs_source"]["top1_agreement"] < 1 and int8["source_" + key] == ref[key], int8
     assert abs(int8[key] - ref[key]) <= 0.1, (int8, ref)
-    code, out = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--adv-samples", "16")
-    assert code == 0 and "add --source MODEL" in out and "adv_acc@" not in out, out
+    code, out = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--adv-samples", "48", "--square-queries", "100",
+                       "-o", tmp_path / "sq.json")
+    assert code == 0 and "add --source MODEL" in out and "adv_acc@PGD" not in out, out
+    square = json.loads((tmp_path / "sq.json").read_text())  # black box, on the engine itself
+    assert square["adv_acc@Square-100/8"] < square["c_acc"] - 0.1 and 2 <= square["square_median_queries"] <= 100
+    assert "Square attack (ε=8/255, black box on CPUExecutionProvider)" in out, out
+    code, out = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--square-queries", "-1")
+    assert code == 2 and "--square-queries must be >= 0" in out, out
     code, out = invoke("evaluate", source, "embedded", "--source", source, "--adv-samples", "0")
     assert code == 2 and "is a model itself" in out, out
     from pudrt.models import create_model
