@@ -52,10 +52,11 @@ class Agreement:
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
+        tolerance = ("top-1 only; the values are not held to a tolerance" if np.isinf(self.atol)
+                     else f"tolerance |Δ| ≤ {self.atol:g} + {self.rtol:g}·|ref|")
         return (
             f"{verdict}: {self.samples} images, max |Δlogit| {self.max_abs_logit:.2e}, "
-            f"max |Δfeature| {self.max_abs_feature:.2e}, top-1 agreement {100 * self.top1:.2f}% "
-            f"(tolerance |Δ| ≤ {self.atol:g} + {self.rtol:g}·|ref|)"
+            f"max |Δfeature| {self.max_abs_feature:.2e}, top-1 agreement {100 * self.top1:.2f}% ({tolerance})"
         )
 
 
