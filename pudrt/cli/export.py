@@ -15,17 +15,19 @@ from pudrt.errors import PudrtError
 from pudrt.io import iter_batches
 
 
-def _images(data: str | None, count: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` real images (and labels) from the check data, spread over its classes."""
+def _images(data: str | None, count: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` real images (and labels) of the check data, from `start` on in one fixed shuffle of it: the check,
+    calibration and tuning images of one export are disjoint slices."""
     dataset = dataset_arg(data, "test")
-    rng = np.random.default_rng(offset)
-    idx = np.sort(rng.choice(len(dataset), size=min(count, len(dataset)), replace=False))
+    order = np.random.default_rng(0).permutation(len(dataset))
+    idx = np.sort(order[start : start + count])
     xs, ys = [], []
     for b in iter_batches(dataset, 256, indices=idx):
         xs.append(b.float())
         ys.append(b.y)
     if not xs:
-        raise PudrtError(f"no readable images in {dataset.root} to check the export with")
+        raise PudrtError(f"no readable images left in {dataset.root} ({len(dataset)} in all) for the export's "
+                         f"check, calibration and tuning sets; pass fewer --check-samples or --calib-samples")
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -53,8 +55,9 @@ def export(
     cascade: Annotated[bool, typer.Option("--cascade", help="--int8 as one file that also re-runs INT8's near "
                                                             "ties (smallest top-2 logit margins) through the float "
                                                             "graph, with a `rerun` output per row.")] = False,
-    rerun_share: Annotated[float, typer.Option(help="--cascade's threshold: the top-2 margin under which this share "
-                                                    "of the calibration images falls.")] = 0.1,
+    rerun_share: Annotated[str, typer.Option(help="--cascade's threshold: the top-2 margin under which this share "
+                                                  "of the calibration images falls; or 'auto', the smallest share "
+                                                  "that reaches --min-agreement on them.")] = "0.1",
     keep_convs: Annotated[bool, typer.Option("--keep-convs", help="Keep convolutions on tiny feature maps as "
                                                                   "they are instead of rewriting them as exact "
                                                                   "dense products (faster on CPUs).")] = False,
@@ -73,8 +76,7 @@ def export(
         raise PudrtError("--reduce-range, --full-range and --unsigned-weights choose INT8 weights; add --int8")
     if cascade and not int8:
         raise PudrtError("--cascade joins an INT8 graph to the float one; add --int8")
-    if not 0 < rerun_share < 1:
-        raise PudrtError(f"--rerun-share must lie in (0, 1), got {rerun_share}")
+    share = _rerun_share(rerun_share)
     if int8:
         from pudrt.engine.quantize import check_weight_options
 
@@ -99,7 +101,7 @@ def export(
             typer.echo(result.describe())
         elif int8:
             result = _export_int8(net, tmp, Path(t), images, calib_samples, check_data, min_agreement, atol, rtol,
-                                  reduce_range, unsigned_weights, keep_convs, cascade, rerun_share)
+                                  reduce_range, unsigned_weights, keep_convs, cascade, share)
         else:
             export_onnx(net, tmp, images[:4], dense=not keep_convs)
             result = verify_onnx(tmp, net, images, atol=atol, rtol=rtol)
@@ -112,10 +114,10 @@ def export(
 
 def _export_int8(net, dst: Path, work: Path, images: torch.Tensor, calib_samples: int, check_data: str | None,
                  min_agreement: float, atol: float, rtol: float, reduce_range: bool | None, unsigned_weights: bool,
-                 keep_convs: bool, cascade: bool, rerun_share: float):
+                 keep_convs: bool, cascade: bool, rerun_share: float | None):
     """Write the INT8 graph (or, with `cascade`, INT8 joined to the float graph) to `dst`; return the check that
     decides whether it is kept: top-1 agreement with the float export on the check images."""
-    from pudrt.engine.cascade import margin_for_share, write_cascade
+    from pudrt.engine.cascade import margin_for_agreement, margin_for_share, top2_margin, write_cascade
     from pudrt.engine.export import compare, export_onnx
     from pudrt.engine.quantize import quantize_int8, weight_kind, weights_reduced
     from pudrt.engine.runners import OrtRunner
@@ -124,11 +126,19 @@ def _export_int8(net, dst: Path, work: Path, images: torch.Tensor, calib_samples
     parts.mkdir()
     fp32, int8, joined = parts / "fp32.onnx", parts / "int8.onnx", parts / "cascade.onnx"
     export_onnx(net, fp32, images[:4], dense=not keep_convs)
-    calib, _ = _images(check_data, calib_samples, offset=1)
+    calib, _ = _images(check_data, calib_samples, start=len(images))  # apart from the check images
     quantize_int8(fp32, int8, calib.numpy(), reduce_range=reduce_range, unsigned_weights=unsigned_weights)
     with OrtRunner(fp32, device="cpu") as ref_runner, OrtRunner(int8, device="cpu") as q_runner:
         ref, alone = ref_runner(images), q_runner(images)
-        margin = margin_for_share(q_runner, calib.numpy(), rerun_share)
+        if rerun_share is None:  # 'auto', tuned on images INT8 was not calibrated on: it agrees more on those
+            tune, _ = _images(check_data, calib_samples, start=len(images) + len(calib))
+            margin, share = margin_for_agreement(q_runner, ref_runner, tune.numpy(), min_agreement)
+            rerun_share = float(np.mean(top2_margin(q_runner(calib.numpy())["logits"]) < np.float32(margin)))
+            chosen = (f"; the least that reaches {100 * min_agreement:g}% on {len(tune)} other images, where it "
+                      f"re-runs {100 * share:.1f}%")
+        else:
+            margin = margin_for_share(q_runner, calib.numpy(), rerun_share)
+            chosen = ""
     write_cascade(int8, fp32, joined, margin, share=rerun_share)
     with OrtRunner(joined, device="cpu") as c_runner:
         both = c_runner(images)
@@ -139,13 +149,13 @@ def _export_int8(net, dst: Path, work: Path, images: torch.Tensor, calib_samples
         if not wired.passed:
             raise PudrtError(f"the cascade's re-run rows differ from the float export ({wired.describe()}); "
                              f"nothing was written")
-    need = f"(need top-1 ≥ {100 * min_agreement:.0f}%)"
+    need = f"(need top-1 ≥ {100 * min_agreement:g}%)"
     kind = weight_kind(reduce_range, unsigned_weights)
     int8_result = compare(ref, alone, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
     cascade_result = compare(ref, both, atol=float("inf"), rtol=0.0, min_top1=min_agreement)
     typer.echo(f"INT8 ({kind}) vs FP32 {int8_result.describe()}{'' if cascade else ' ' + need}")
-    typer.echo(f"INT8 with FP32 re-running its near ties (top-2 margin < {margin:.3g}, the calibration images' lowest "
-               f"{100 * rerun_share:.0f}%) vs FP32: top-1 agreement {100 * cascade_result.top1:.2f}%, "
+    typer.echo(f"INT8 with FP32 re-running its near ties (top-2 margin < {margin:.3g}, the calibration images' "
+               f"lowest {100 * rerun_share:.1f}%{chosen}) vs FP32: top-1 agreement {100 * cascade_result.top1:.2f}%, "
                f"{100 * rerun.mean():.1f}% re-run{' ' + need if cascade else ''}")
     if cascade:
         joined.replace(dst)
@@ -158,6 +168,19 @@ def _export_int8(net, dst: Path, work: Path, images: torch.Tensor, calib_samples
             typer.echo("hint: --unsigned-weights keeps all 8 bits without saturating on a CPU without VNNI "
                        "(closer to FP32, slower there); or accept less with --min-agreement")
     return int8_result
+
+
+def _rerun_share(value: str) -> float | None:
+    """--rerun-share: a share in (0, 1), or None for 'auto'."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        share = float(value)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share < 1:
+        raise PudrtError(f"--rerun-share must lie in (0, 1) or be 'auto', got {value!r}")
+    return share
 
 
 def _export_trt(model: Path, output: Path, fp16: bool, images: torch.Tensor, min_agreement: float) -> None:

@@ -55,6 +55,39 @@ def margin_for_share(fast, images: np.ndarray, share: float, batch: int = 256) -
     return float(np.quantile(margins, share))
 
 
+def margin_for_agreement(fast, exact, images: np.ndarray, agreement: float, most: float = 0.5,
+                         batch: int = 256) -> tuple[float, float]:
+    """The smallest INT8 margin threshold (and the share of `images` it re-runs) at which the cascade's top-1
+    agreement with `exact` on `images` reaches `agreement`: re-running the lowest-margin rows one by one, the
+    first count at which every row that still disagrees lies above the threshold. At most `most` of the images;
+    raises if even that does not reach it. Chosen on these images, so check it on others (the export does)."""
+    if not 0 < agreement <= 1:
+        raise PudrtError(f"the cascade's target agreement must lie in (0, 1], got {agreement}")
+    if len(images) < 16:
+        raise PudrtError(f"choosing the cascade's margin needs real images; got {len(images)}")
+    margins, same = [], []
+    for i in range(0, len(images), batch):
+        quick, sure = fast(images[i : i + batch])["logits"], exact(images[i : i + batch])["logits"]
+        margins.append(top2_margin(quick))
+        same.append(quick.argmax(1) == sure.argmax(1))
+    margin, same = np.concatenate(margins), np.concatenate(same)
+    order = np.argsort(margin, kind="stable")
+    # re-running the k lowest-margin rows makes them agree; the rows above still disagree where INT8 did
+    disagree = (~same[order]).astype(np.int64)
+    still = np.concatenate([np.cumsum(disagree[::-1])[::-1], [0]])  # still[k]: disagreeing rows from k on
+    need = int(np.ceil(agreement * len(order) - 1e-9))
+    k = int(np.flatnonzero(len(order) - still >= need)[0])
+    if k > most * len(order):
+        raise PudrtError(f"the cascade reaches {100 * agreement:.2f}% top-1 agreement on these images only by "
+                         f"re-running {100 * k / len(order):.1f}% of them (more than {100 * most:.0f}%); the INT8 "
+                         f"graph is too far from the float one")
+    if k == 0:
+        return 0.0, 0.0
+    # the next float32 above the k-th lowest margin: the graph compares float32 margins with float32 `<`
+    highest = np.float32(margin[order][k - 1])
+    return float(np.nextafter(highest, np.float32(np.inf))), k / len(order)
+
+
 class CascadeRunner:
     """`fast(x)` (e.g. the INT8 OrtRunner), then `exact(x)` (the fp32 one) on the rows whose fast top-2 logit
     margin is below `margin`; their logits and features are the exact runner's. Same interface as the runners

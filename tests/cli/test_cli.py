@@ -190,12 +190,13 @@ def test_int8_export_from_the_cli_says_how_its_weights_are_stored(tmp_path, mode
     assert (tmp_path / "q.onnx").is_file()
     code, out = invoke("export", model_file, "-o", tmp_path / "c.onnx", "--int8", "--cascade", "--rerun-share",
                        "0.2", "--check-samples", "64", "--calib-samples", "64", "--min-agreement", "0")
-    assert code == 0 and "calibration images' lowest 20%" in out, out
+    assert code == 0 and "calibration images' lowest 20.0%)" in out, out
     assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["logits", "features", "rerun"]
     code, out = invoke("export", model_file, "-o", tmp_path / "d.onnx", "--cascade")
     assert code == 2 and "add --int8" in out and not (tmp_path / "d.onnx").exists(), out
-    code, out = invoke("export", model_file, "-o", tmp_path / "d.onnx", "--int8", "--cascade", "--rerun-share", "1")
-    assert code == 2 and "--rerun-share must lie in (0, 1)" in out, out
+    for bad in ("1", "most"):
+        code, out = invoke("export", model_file, "-o", tmp_path / "d.onnx", "--int8", "--cascade", "--rerun-share", bad)
+        assert code == 2 and "--rerun-share must lie in (0, 1) or be 'auto'" in out, out
     code, out = invoke("export", model_file, "-o", tmp_path / "r.onnx", "--int8", "--unsigned-weights",
                        "--reduce-range", "--check-samples", "16", "--calib-samples", "16")
     assert code == 2 and "unsigned INT8 weights are 8-bit" in out and not (tmp_path / "r.onnx").exists(), out
@@ -275,6 +276,9 @@ def test_evaluate_attacks_an_engine_through_its_source_model(tmp_path, clean_mod
     for name, flags in (("m.onnx", ()), ("q.onnx", ("--int8", "--min-agreement", "0.9"))):
         code, out = invoke("export", source, "-o", tmp_path / name, "--check-samples", "64", *flags)
         assert code == 0, out
+    code, out = invoke("export", source, "-o", tmp_path / "c.onnx", "--int8", "--cascade", "--rerun-share", "auto",
+                       "--min-agreement", "0.98")  # the re-run share that reaches 98% on the calibration images
+    assert "the least that reaches 98% on" in out and "% re-run (need top-1 ≥ 98%)" in out, out
     code, src = invoke("evaluate", source, "embedded", "--adv-samples", "128", "-o", tmp_path / "src.json")
     assert code == 0, src
     results = {}

@@ -54,7 +54,7 @@ def test_cascade_reruns_int8s_near_ties_through_fp32_in_python_and_in_one_onnx_f
     import numpy as np
     import onnx
 
-    from pudrt.engine.cascade import CascadeRunner, margin_for_share, top2_margin, write_cascade
+    from pudrt.engine.cascade import CascadeRunner, margin_for_agreement, margin_for_share, top2_margin, write_cascade
 
     batches = iter_batches(test_data, 256, workers=0)
     calib, check = next(batches).float().numpy(), torch.cat([next(batches).float() for _ in range(3)]).numpy()
@@ -90,6 +90,25 @@ def test_cascade_reruns_int8s_near_ties_through_fp32_in_python_and_in_one_onnx_f
             out = runner(check[:37])
         assert out["rerun"].all() == (threshold > 0) and out["rerun"].any() == (threshold > 0)
         np.testing.assert_allclose(out["logits"], expect["logits"][:37], rtol=1e-4, atol=1e-4)
+    with OrtRunner(trained_fp32, device="cpu") as exact, OrtRunner(int8, device="cpu") as fast:
+        fast_logits, truth = fast(calib)["logits"], exact(calib)["logits"].argmax(1)
+        margins = top2_margin(fast_logits)
+
+        def agrees(rows):
+            return (np.where(rows, truth, fast_logits.argmax(1)) == truth).mean()
+
+        for target in (0.99, 1.0):  # the least re-run share that reaches the target on the images it is chosen on
+            least, share = margin_for_agreement(fast, exact, calib, target)
+            rows = margins < np.float32(least)
+            assert rows.mean() >= share and agrees(rows) >= target, (target, share, agrees(rows))
+            if share == 0:  # INT8 alone reaches it here
+                assert agrees(np.zeros_like(rows)) >= target
+                continue
+            fewer = rows.copy()  # one row fewer (the re-run row of highest margin) misses it
+            fewer[np.flatnonzero(rows)[margins[rows].argmax()]] = False
+            assert agrees(fewer) < target
+        with pytest.raises(PudrtError, match="only by re-running"):
+            margin_for_agreement(fast, exact, calib, 1.0, most=0.0)
     with pytest.raises(PudrtError, match="margin must be >= 0"):
         write_cascade(int8, trained_fp32, tmp_path / "x.onnx", -1.0)
     from pudrt.engine.grad import export_grad_graph
