@@ -58,9 +58,9 @@ def margin_for_share(fast, images: np.ndarray, share: float, batch: int = 256) -
 def margin_for_agreement(fast, exact, images: np.ndarray, agreement: float, most: float = 0.5,
                          batch: int = 256) -> tuple[float, float]:
     """The smallest INT8 margin threshold (and the share of `images` it re-runs) at which the cascade's top-1
-    agreement with `exact` on `images` reaches `agreement`: re-running the lowest-margin rows one by one, the
-    first count at which every row that still disagrees lies above the threshold. At most `most` of the images;
-    raises if even that does not reach it. Chosen on these images, so check it on others (the export does)."""
+    agreement with `exact` on `images` reaches `agreement`: the fewest lowest-margin rows whose re-running
+    brings the rows that still disagree down to what `agreement` allows. At most `most` of the images; raises
+    if even that does not reach it. Chosen on these images, so check it on others (the export does)."""
     if not 0 < agreement <= 1:
         raise PudrtError(f"the cascade's target agreement must lie in (0, 1], got {agreement}")
     if len(images) < 16:
