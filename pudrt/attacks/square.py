@@ -90,7 +90,8 @@ class Square:
             todo = (loss > 0).nonzero()[:, 0]
             if not len(todo):
                 break
-            side = min(max(round(math.sqrt(window_share(self.p_init, query, self.queries) * h * w)), 1), h - 1)
+            side = round(math.sqrt(window_share(self.p_init, query, self.queries) * h * w))
+            side = max(1, min(side, min(h, w) - 1))  # never the whole image; fits a non-square one
             top, left = (int(torch.randint(0, size - side + 1, (1,), generator=gen)) for size in (h, w))
             rows, cols = slice(top, top + side), slice(left, left + side)
             clean, current = x[todo], best[todo]

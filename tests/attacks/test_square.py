@@ -12,6 +12,12 @@ def test_the_window_shrinks_on_the_papers_schedule_rescaled_to_the_budget():
     assert window_share(0.05, 100, 1_000) == window_share(0.05, 1_000, 10_000) == 0.05 / 16
     logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
     assert margin_loss(logits, torch.tensor([0, 0])).tolist() == [1.0, -5.0]
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 20 * 8, 4))
+    x, y = torch.rand(16, 3, 20, 8), torch.randint(0, 4, (16,))  # a tall image: the window fits its width
+    y = linear(x).argmax(1)  # all correct to start with, so the first (largest) windows are drawn
+    x_adv = Square(linear, eps=0.001, queries=2000)(x, y)
+    assert (x_adv - x).abs().max() <= 0.001 + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
 
 
 def test_square_fools_a_trained_model_from_logits_alone_on_torch_and_on_its_engine(clean_model, test_data, tmp_path):
