@@ -56,8 +56,9 @@ def export(
                                                             "ties (smallest top-2 logit margins) through the float "
                                                             "graph, with a `rerun` output per row.")] = False,
     rerun_share: Annotated[str, typer.Option(help="--cascade's threshold: the top-2 margin under which this share "
-                                                  "of the calibration images falls; or 'auto', the smallest share "
-                                                  "that reaches --min-agreement on them.")] = "0.1",
+                                                  "of the calibration images falls; or 'auto', the least share that "
+                                                  "reaches --min-agreement on further images of the check data (not "
+                                                  "the check or calibration ones).")] = "0.1",
     keep_convs: Annotated[bool, typer.Option("--keep-convs", help="Keep convolutions on tiny feature maps as "
                                                                   "they are instead of rewriting them as exact "
                                                                   "dense products (faster on CPUs).")] = False,
