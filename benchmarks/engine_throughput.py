@@ -73,9 +73,10 @@ def main() -> None:
 def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict:
     """Time every competitor on one architecture, interleaved round by round."""
     from pudrt.engine import OrtRunner, export_onnx
-    from pudrt.engine.cascade import margin_for_share, write_cascade
+    from pudrt.engine.cascade import margin_for_agreement, margin_for_share, write_cascade
     from pudrt.engine.grad import export_grad_graph
     from pudrt.engine.quantize import quantize_int8, weights_reduced
+    from pudrt.errors import PudrtError
     from pudrt.io import embedded_dataset
     from pudrt.models import FeatureClassifier
     from pudrt.train import TrainConfig, train_model
@@ -101,9 +102,6 @@ def measure(arch, tmp, x, y, calib, held_out, held_out_y, threads, args) -> dict
     joined = write_cascade(int8, fp32, tmp / f"{arch}-cascade.onnx", margin_for_share(ort8, calib.numpy(),
                                                                                         RERUN_SHARE))
     cascade = OrtRunner(joined, device="cpu", threads=threads)
-    from pudrt.engine.cascade import margin_for_agreement
-    from pudrt.errors import PudrtError
-
     try:  # the least re-run share reaching TARGET on TUNE held-out images (`--rerun-share auto`)
         tuned_margin, tuned_share = margin_for_agreement(ort8, ort32, held_out[:TUNE].numpy(), TARGET)
         tuned = OrtRunner(write_cascade(int8, fp32, tmp / f"{arch}-tuned.onnx", tuned_margin), device="cpu",

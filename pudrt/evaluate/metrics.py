@@ -17,6 +17,18 @@ from pudrt.io.datasets import LabelledImages, iter_batches
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _logits(out) -> torch.Tensor:
+    """A model's logits, from a plain output or a (logits, features) pair."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _evenly_spaced(dataset: LabelledImages, limit: int | None) -> np.ndarray | None:
+    """`limit` evenly spaced sample indices of `dataset` (None: all of it), as the adv_acc metrics attack."""
+    if limit is None or limit >= len(dataset):
+        return None
+    return np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(np.int64))
+
+
 @torch.no_grad()
 def predict(model: Logits, dataset: LabelledImages, attack: PoisonAttack | None = None,
             batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,10 +41,7 @@ def predict(model: Logits, dataset: LabelledImages, attack: PoisonAttack | None 
         x = batch.float()
         if attack is not None:
             x = attack.apply(x)
-        out = model(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        preds.append(out.argmax(1).cpu())
+        preds.append(_logits(model(x)).argmax(1).cpu())
         labels.append(batch.y)
     if not preds:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
@@ -79,9 +88,7 @@ def transferred_accuracy(source: torch.nn.Module, judges: dict[str, Logits], dat
     from pudrt.attacks.pgd import PGD
 
     pgd = PGD(source, eps=eps, alpha=alpha, steps=steps)
-    indices = None
-    if limit is not None and limit < len(dataset):
-        indices = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(np.int64))
+    indices = _evenly_spaced(dataset, limit)
     correct = dict.fromkeys(judges, 0)
     seen = 0
     was = source.training
@@ -92,9 +99,7 @@ def transferred_accuracy(source: torch.nn.Module, judges: dict[str, Logits], dat
             x_adv = pgd(x, y)
             with torch.no_grad():
                 for name, judge in judges.items():
-                    out = judge(x_adv)
-                    out = out[0] if isinstance(out, (tuple, list)) else out
-                    correct[name] += int((out.argmax(1).cpu() == y).sum())
+                    correct[name] += int((_logits(judge(x_adv)).argmax(1).cpu() == y).sum())
             seen += len(y)
     finally:
         source.train(was)
@@ -108,8 +113,7 @@ def agreement(a: Logits, b: Logits, dataset: LabelledImages, batch_size: int = 2
     worst = 0.0
     for batch in iter_batches(dataset, batch_size):
         x = batch.float()
-        la, lb = (m(x) for m in (a, b))
-        la, lb = (out[0] if isinstance(out, (tuple, list)) else out for out in (la, lb))
+        la, lb = (_logits(m(x)) for m in (a, b))
         same += int((la.argmax(1).cpu() == lb.argmax(1).cpu()).sum())
         worst = max(worst, float((la.float().cpu() - lb.float().cpu()).abs().max()))
         seen += len(x)
@@ -123,9 +127,7 @@ def square_accuracy(model: Logits, dataset: LabelledImages, eps: float = 8 / 255
     (one misclassified before the attack is not counted there)."""
     from pudrt.attacks.square import Square
 
-    indices = None
-    if limit is not None and limit < len(dataset):
-        indices = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(np.int64))
+    indices = _evenly_spaced(dataset, limit)
     attack = Square(model, eps=eps, queries=queries, seed=seed)
     correct = seen = 0
     spent = []
@@ -138,9 +140,7 @@ def square_accuracy(model: Logits, dataset: LabelledImages, eps: float = 8 / 255
             x, y = batch.float(), batch.y
             x_adv = attack(x, y)
             with torch.no_grad():
-                out = model(x_adv)
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            right = out.argmax(1).cpu() == y
+                right = _logits(model(x_adv)).argmax(1).cpu() == y
             correct += int(right.sum())
             seen += len(y)
             spent.append(attack.used[~right & (attack.used > 1)])
