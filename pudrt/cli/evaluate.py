@@ -10,7 +10,9 @@ source's gradients, as it would for an attacker holding the weights, and the eng
 classifies the examples; the source's own adv_acc on the same examples and the
 engine-vs-source agreement on the clean test data come beside it. `--square-queries N`
 adds the Square attack (black box, logits only), run against whatever is evaluated,
-engine or model, at ε=8/255."""
+engine or model, at ε=8/255. `--compare OTHER` (repeatable) measures other models or
+engines the same way on the same samples and prints one trade-off table
+(`pudrt.evaluate.table`), each metric's change against MODEL beside it."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from pudrt.evaluate import (
     attack_success_rate,
     clean_accuracy,
     square_accuracy,
+    trade_off_table,
     transferred_accuracy,
 )
 from pudrt.io import iter_batches, write_json_atomic
@@ -61,76 +64,117 @@ def evaluate(
     = False,
     source: Annotated[Path | None, typer.Option(help="For an engine: the model file it was exported from. Adds the "
                                                      "engine's adv_acc on PGD examples crafted on the source's "
-                                                     "gradients, and its agreement with the source.")] = None,
+                                                     "gradients, and its agreement with the source. With "
+                                                     "--compare, it is the source of every engine in the table.")]
+    = None,
     square_queries: Annotated[int, typer.Option(help="Also run the Square attack (black box: logits only, so on the "
                                                      "engine itself) with this many queries per image on the "
                                                      "--adv-samples images; 0 skips it.")] = 0,
+    compare: Annotated[list[Path] | None, typer.Option(help="Another model or engine to measure the same way on the "
+                                                             "same samples (repeatable); prints one trade-off table "
+                                                             "with MODEL as the baseline row.")] = None,
 ) -> None:
-    """Clean accuracy (C-Acc) and attack success rate (ASR) of a model or engine on test data."""
+    """C-Acc, ASR, adv_acc and engine agreement of a model or engine on test data; with --compare, a trade-off
+    table of several, each against the first."""
     if square_queries < 0:
         raise PudrtError(f"--square-queries must be >= 0, got {square_queries}")
     test = dataset_arg(data, split)
     attack = load_trigger(trigger) if trigger else None
-    with _logits_fn(model, device, allow_fallback, (arch, num_classes, mean, std, unsafe_pickle)) as (net, engine):
-        probe = net(_first_image(test))
-        test.check_num_classes(int(probe.shape[1]))
-        result = {"model": str(model), "engine": engine, "data": str(test.root), "samples": len(test),
-                  "c_acc": clean_accuracy(net, test)}
-        if attack is not None:
-            result["attack"] = attack.params()
-            result["asr"] = attack_success_rate(net, test, attack)
-        is_engine = not isinstance(net, torch.nn.Module)
-        if source is not None:
-            if not is_engine:
-                raise PudrtError(f"--source is the model an engine was exported from; {model} is a model itself")
-            src = load_model_from_opts(source, arch, num_classes, mean, std, unsafe_pickle).net.eval()
-            with torch.no_grad():
-                classes = int(src(_first_image(test)).shape[1])
-            if classes != int(probe.shape[1]):
-                raise PudrtError(f"{source} has {classes} classes and the engine {model} {int(probe.shape[1])}: "
-                                 f"--source must be the model the engine was exported from")
-            result["source"] = str(source)
-            result["vs_source"] = agreement(src, net, test)
-        if adv_samples > 0 and (not is_engine or source is not None):
-            for steps, eps in PGD_PRESETS:
-                key = f"adv_acc@PGD-{steps}/{eps}"
-                if is_engine:
-                    acc = transferred_accuracy(src, {"engine": net, "source": src}, test, eps / 255, steps,
-                                               limit=adv_samples)
-                    result[key], result[f"source_{key}"] = acc["engine"], acc["source"]
-                else:
-                    result[key] = adversarial_accuracy(net, test, eps / 255, steps, limit=adv_samples)
+    paths = [model, *(compare or [])]
+    opts = (arch, num_classes, mean, std, unsafe_pickle)
+    with contextlib.ExitStack() as stack:
+        nets, rows = [], []
+        for path in paths:
+            net, engine = stack.enter_context(_logits_fn(path, device, allow_fallback, opts))
+            classes = int(net(_first_image(test)).shape[1])
+            test.check_num_classes(classes)
+            nets.append(net)
+            rows.append({"model": str(path), "engine": engine, "data": str(test.root), "samples": len(test),
+                         "classes": classes})
+        engines = [i for i, net in enumerate(nets) if not isinstance(net, torch.nn.Module)]
+        src = _load_source(source, opts, test, [rows[i] for i in engines], paths) if source is not None else None
+        for row, net in zip(rows, nets, strict=True):
+            del row["classes"]
+            row["c_acc"] = clean_accuracy(net, test)
+            if attack is not None:
+                row["attack"] = attack.params()
+                row["asr"] = attack_success_rate(net, test, attack)
+        for i in engines if src is not None else ():
+            rows[i]["source"] = str(source)
+            rows[i]["vs_source"] = agreement(src, nets[i], test)
+        if adv_samples > 0:
+            _pgd_rows(rows, nets, engines, src, test, adv_samples)
         if square_queries and adv_samples > 0:
-            square = square_accuracy(net, test, SQUARE_EPS / 255, square_queries, limit=adv_samples)
-            result[f"adv_acc@Square-{square_queries}/{SQUARE_EPS}"] = square["accuracy"]
-            result["square_median_queries"] = square["median_queries"]
-    line = f"C-Acc {result['c_acc']:.4f}"
-    if attack is not None:
-        line += f"  ASR {result['asr']:.4f} ({attack.name}, target {attack.target})"
-    for key, value in result.items():
-        if key.startswith("adv_acc"):
-            line += f"  {key} {value:.4f}"
-    typer.echo(f"{line}  on {test.describe()}, run by {engine}")
-    pgd_keys = [key for key in result if key.startswith("adv_acc@PGD")]
-    if "vs_source" in result:
-        vs = result["vs_source"]
-        typer.echo(f"vs the source {source}: top-1 agreement {100 * vs['top1_agreement']:.2f}% on the clean test "
-                   f"data, max |Δlogit| {vs['max_abs_logit']:.3g}" + "".join(
-                       f"; {key} of the source itself {result['source_' + key]:.4f} (same examples)"
-                       for key in pgd_keys))
-        if pgd_keys:
-            typer.echo("(the engine's PGD adv_acc: examples crafted on the source's gradients, classified by the "
-                       "engine)")
-    elif is_engine and adv_samples > 0:
+            for row, net in zip(rows, nets, strict=True):
+                square = square_accuracy(net, test, SQUARE_EPS / 255, square_queries, limit=adv_samples)
+                row[f"adv_acc@Square-{square_queries}/{SQUARE_EPS}"] = square["accuracy"]
+                row["square_queries"], row["square_median_queries"] = square_queries, square["median_queries"]
+    for row in rows:
+        _echo_row(row, attack, test, named=len(rows) > 1)
+    if engines and src is None and adv_samples > 0:
         typer.echo("(PGD adv_acc of an engine needs the model it was exported from: add --source MODEL; PGD runs on "
                    "its gradients and the engine classifies the examples. --square-queries N attacks the engine "
                    "itself, from its logits)")
-    if "square_median_queries" in result:
-        typer.echo(f"Square attack (ε={SQUARE_EPS}/255, black box on {engine}): the images it turned took a median "
-                   f"of {result['square_median_queries']:.0f} queries of {square_queries}")
+    if engines and src is not None and adv_samples > 0:
+        typer.echo("(an engine's PGD adv_acc: examples crafted on the source's gradients, classified by the engine)")
+    table = trade_off_table(rows) if len(rows) > 1 else None
+    if table is not None:
+        typer.echo(f"\nTrade-off table; changes in points against the first row, {paths[0]}:\n{table}")
     if output is not None:
-        write_json_atomic(output, result)
+        write_json_atomic(output, rows[0] if table is None else {"rows": rows, "table": table})
         typer.echo(f"wrote {output}")
+
+
+def _load_source(source: Path, opts: tuple, test, engine_rows: list[dict], paths: list[Path]) -> torch.nn.Module:
+    """The model the engines were exported from, checked to be a model with the engines' class count."""
+    if not engine_rows:
+        named = ", ".join(map(str, paths))
+        raise PudrtError(f"--source is the model an engine was exported from; {named} "
+                         f"{'is a model itself' if len(paths) == 1 else 'are all models themselves'}")
+    src = load_model_from_opts(source, *opts).net.eval()
+    with torch.no_grad():
+        classes = int(src(_first_image(test)).shape[1])
+    for row in engine_rows:
+        if classes != row["classes"]:
+            raise PudrtError(f"{source} has {classes} classes and the engine {row['model']} {row['classes']}: "
+                             f"--source must be the model the engine was exported from")
+    return src
+
+
+def _pgd_rows(rows: list[dict], nets: list, engines: list[int], src, test, adv_samples: int) -> None:
+    """Each row's adv_acc under the PGD presets: a model's from its own gradients; the engines' (given a source)
+    from one PGD run on the source's gradients whose examples every engine classifies, beside the source's own."""
+    for steps, eps in PGD_PRESETS:
+        key = f"adv_acc@PGD-{steps}/{eps}"
+        for i, (row, net) in enumerate(zip(rows, nets, strict=True)):
+            if i not in engines:
+                row[key] = adversarial_accuracy(net, test, eps / 255, steps, limit=adv_samples)
+        if src is not None and engines:
+            judges = {str(i): nets[i] for i in engines} | {"source": src}
+            acc = transferred_accuracy(src, judges, test, eps / 255, steps, limit=adv_samples)
+            for i in engines:
+                rows[i][key], rows[i][f"source_{key}"] = acc[str(i)], acc["source"]
+
+
+def _echo_row(row: dict, attack, test, named: bool) -> None:
+    """One row's numbers as the lines `pudrt evaluate` prints."""
+    line = (f"{row['model']}: " if named else "") + f"C-Acc {row['c_acc']:.4f}"
+    if attack is not None:
+        line += f"  ASR {row['asr']:.4f} ({attack.name}, target {attack.target})"
+    for key, value in row.items():
+        if key.startswith("adv_acc"):
+            line += f"  {key} {value:.4f}"
+    typer.echo(f"{line}  on {test.describe()}, run by {row['engine']}")
+    if "vs_source" in row:
+        vs = row["vs_source"]
+        pgd_keys = [key for key in row if key.startswith("adv_acc@PGD")]
+        typer.echo(f"vs the source {row['source']}: top-1 agreement {100 * vs['top1_agreement']:.2f}% on the clean "
+                   f"test data, max |Δlogit| {vs['max_abs_logit']:.3g}" + "".join(
+                       f"; {key} of the source itself {row['source_' + key]:.4f} (same examples)"
+                       for key in pgd_keys))
+    if "square_median_queries" in row:
+        typer.echo(f"Square attack (ε={SQUARE_EPS}/255, black box on {row['engine']}): the images it turned took a "
+                   f"median of {row['square_median_queries']:.0f} queries of {row['square_queries']}")
 
 
 def _first_image(dataset) -> torch.Tensor:

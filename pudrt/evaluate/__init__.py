@@ -9,6 +9,7 @@ from pudrt.evaluate.metrics import (
     square_accuracy,
     transferred_accuracy,
 )
+from pudrt.evaluate.table import trade_off_table
 
 __all__ = ["adversarial_accuracy", "agreement", "attack_success_rate", "clean_accuracy", "predict",
-           "square_accuracy", "transferred_accuracy"]
+           "square_accuracy", "trade_off_table", "transferred_accuracy"]

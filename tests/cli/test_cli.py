@@ -295,6 +295,25 @@ def test_evaluate_attacks_an_engine_through_its_source_model(tmp_path, clean_mod
     assert fp32["source_" + key] == ref[key] and abs(fp32[key] - ref[key]) <= 2 / 128, (fp32, ref)
     assert 0.9 <= int8["vs_source"]["top1_agreement"] < 1 and int8["source_" + key] == ref[key], int8
     assert abs(int8[key] - ref[key]) <= 0.1, (int8, ref)
+    # the trade-off table: the same numbers as each run alone, one PGD run on the source for all engines
+    code, out = invoke("evaluate", source, "embedded", "--compare", tmp_path / "m.onnx", "--compare",
+                       tmp_path / "q.onnx", "--compare", tmp_path / "c.onnx", "--source", source,
+                       "--adv-samples", "128", "-o", tmp_path / "table.json")
+    assert code == 0 and "Trade-off table; changes in points against the first row" in out, out
+    table = json.loads((tmp_path / "table.json").read_text())
+    rows = table["rows"]
+    assert [Path(row["model"]).name for row in rows] == ["m.pt", "m.onnx", "q.onnx", "c.onnx"]
+    for row, alone in zip(rows[:3], (ref, fp32, int8), strict=True):
+        for metric in ("c_acc", key, "adv_acc@PGD-10/8"):
+            assert row[metric] == alone[metric], (metric, row, alone)
+    assert all(row["source_" + key] == ref[key] and "vs_source" in row for row in rows[1:])
+    assert rows[2]["vs_source"] == int8["vs_source"] and "vs_source" not in rows[0]
+    assert table["table"] in out and len(table["table"].splitlines()) == 6
+    assert f"{100 * rows[1]['c_acc']:.2f}% (" in table["table"].splitlines()[3]
+    code, out = invoke("evaluate", source, "embedded", "--compare", source, "--source", source, "--adv-samples", "0")
+    assert code == 2 and "are all models themselves" in out, out
+    code, out = invoke("evaluate", source, "embedded", "--compare", tmp_path / "missing.onnx", "--adv-samples", "0")
+    assert code == 2 and "missing.onnx" in out, out
     code, out = invoke("evaluate", tmp_path / "m.onnx", "embedded", "--adv-samples", "48", "--square-queries", "100",
                        "-o", tmp_path / "sq.json")
     assert code == 0 and "add --source MODEL" in out and "adv_acc@PGD" not in out, out
