@@ -252,25 +252,38 @@ def targets_met(row: dict) -> str:
     return " / ".join("yes" if m else "**no**" for m in met)
 
 
+def _infected(row: dict) -> tuple:
+    """The infected model a run started from, as far as the rows tell: its C-Acc and ASR before purification."""
+    return round(row["before"]["c_acc"], 4), round(row["before"]["asr"], 4)
+
+
 def summary_lines(rows: list[dict]) -> list[str]:
-    """The latest full-CIFAR-10 row of each (arch, attack, method) at default settings, against the targets."""
+    """The latest full-CIFAR-10 row of each (arch, attack, method, schedule) at default settings, against the
+    targets. Each `--epochs-scale` keeps its own row: a longer schedule is not a newer version of a shorter one
+    (on BadNets the full one ended with less adv_acc than a tenth of it). Only runs on the current infected model
+    of each attack count (the one the latest run started from, known by its before-metrics): a schedule last run
+    on an earlier model, with earlier code, is history, not where things stand."""
     latest: dict[tuple, dict] = {}
+    current: dict[tuple, tuple] = {}
     for r in rows:  # rows are appended in time order, so a later one replaces an earlier one
         full = not r.get("per_class") and r.get("test_samples", 10_000) == 10_000
         if full and not r.get("options") and r.get("before") and r.get("after"):
             # an infected model trained another way is another model: it gets its own line
             recipe = (r.get("train_epochs", 15), json.dumps(r.get("train_recipe") or {}, sort_keys=True))
-            latest[(r["arch"], r["attack"], r["method"], recipe)] = r
+            latest[(r["arch"], r["attack"], r["method"], recipe, r["epochs_scale"])] = r
+            current[(r["arch"], r["attack"], recipe)] = _infected(r)
+    latest = {key: r for key, r in latest.items() if _infected(r) == current[(key[0], key[1], key[3])]}
 
     def order(key):
-        arch, attack, method, recipe = key
+        arch, attack, method, recipe, scale = key
         return (arch, ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else 99, recipe,
-                METHOD_ORDER.index(method) if method in METHOD_ORDER else 99)
+                METHOD_ORDER.index(method) if method in METHOD_ORDER else 99, scale)
 
     lines = [
-        "### Where it stands: full CIFAR-10, the latest run of each attack and method",
+        "### Where it stands: full CIFAR-10, the latest run of each attack, method and schedule",
         "",
-        "Written from the rows below: for each infected model, attack and method, the most recent run on all 50,000",
+        "Written from the rows below: for each infected model, attack, method and `--epochs-scale`, the most recent",
+        "run on all 50,000",
         "training images and all 10,000 test images at default purification settings. Targets (the issue's): ASR",
         "≤ 2%, C-Acc drop ≤ 3 points, adv_acc above the infected model's (adv_acc is measured on --adv-samples test",
         f"images, 1,000 by default, where 0.1 point is one image). Bar to beat: {PAPER}.",

@@ -31,10 +31,17 @@ def test_summary_keeps_the_latest_full_set_row_and_judges_each_target():
         row(bench, "badnets", "pud", 0.5, 0.85, 0.05, per_class=1500),   # a subset: not in the summary
         row(bench, "badnets", "pud", 0.01, 0.80, 0.05, options={"lr": 0.01}),  # a variant: not in the summary
         row(bench, "badnets", "pud", 0.01, 0.80, 0.05, test_samples=2000),  # a test subset: not in the summary
+        row(bench, "badnets", "pud", 0.004, 0.866, 0.006, epochs_scale=1.0),  # the full schedule: a row of its own
+        row(bench, "badnets", "pud", 0.013, 0.853, 0.041),
     ]
+    older = row(bench, "badnets", "pbe", 0.9, 0.6, 0.2, epochs_scale=0.3)  # from an earlier infected model: history
+    older["before"] = {"c_acc": 0.848, "asr": 0.957, bench.ADV: 0.012}
+    rows.insert(0, older)
     table = [line for line in bench.summary_lines(rows) if line.startswith("| resnet9w16")]
-    assert len(table) == 2
-    badnets, blend = table  # attacks in the benchmark's order
+    assert len(table) == 4
+    pud_short, pud_full, badnets, blend = table  # attacks, then methods, in the benchmark's order, then schedules
+    assert "| badnets | pud | 0.1 |" in pud_short and "yes / yes / yes" in pud_short
+    assert "| badnets | pud | 1.0 |" in pud_full and "yes / yes / **no**" in pud_full
     assert "| badnets | advrbd |" in badnets and badnets.count("**no**") == 1 and "yes / yes / **no**" in badnets
     assert "| blend | pud |" in blend and "yes / **no** / yes" in blend
     assert "96.0→0.9" in blend and "96.0→30.0" not in blend  # the later blend row, not the superseded one
