@@ -55,6 +55,11 @@ def purify(
     finish_epochs: Annotated[int | None, typer.Option(help="PUD: clean epochs after the last unlearning, learning "
                                                           "rate annealed to 0 (default 1; 0 ends as the authors' "
                                                           "PUD does).")] = None,
+    adv_epochs_later: Annotated[int | None, typer.Option(help="PUD and PBE: adversarial epochs at the start of "
+                                                             "every step after the first (default 1, the authors'; "
+                                                             "the rest of each step is clean and takes back the "
+                                                             "robustness; each costs about 8 plain epochs).")]
+    = None,
     relearn_adv_epochs: Annotated[int | None, typer.Option(help="AdvrBD: train the last this many relearning "
                                                                "epochs on PGD examples (pudrt's addition, for "
                                                                "adv_acc; default 1, 0 is the paper's AdvrBD; each "
@@ -91,6 +96,7 @@ def purify(
 
     # options left unset keep the method's preset (for_method), so only those given are passed
     given = {"clean_weight": clean_weight, "relearn_adv_epochs": relearn_adv_epochs, "lr": lr,
+             "adv_epochs_later": adv_epochs_later,
              "finish_epochs": finish_epochs, "kl_orientation": kl_orientation}
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
                                   initial_pool=initial_pool, target_fit=target_fit, threads=threads,

@@ -406,6 +406,11 @@ def test_purify_refuses_inference_only_models_and_stray_options(tmp_path, badnet
     assert code == 2 and "is AdvrBD's" in text, text
     code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "advrbd", "--clean-weight", "2")
     assert code == 2 and "--clean-weight must be in [0, 1]" in text, text
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--adv-epochs-later", "-1")
+    assert code == 2 and "--adv-epochs-later must be >= 0" in text, text
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "advrbd", "--adv-epochs-later",
+                        "3")
+    assert code == 2 and "--adv-epochs-later is PUD's and PBE's" in text, text
     code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--kl-orientation", "fragile")
     assert code == 2 and "--kl-orientation is AdvrBD's" in text, text
     code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "advrbd", "--kl-orientation",
