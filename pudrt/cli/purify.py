@@ -56,9 +56,10 @@ def purify(
                                                           "rate annealed to 0 (default 1; 0 ends as the authors' "
                                                           "PUD does).")] = None,
     adv_epochs_later: Annotated[int | None, typer.Option(help="PUD and PBE: adversarial epochs at the start of "
-                                                             "every step after the first (default 1, the authors'; "
-                                                             "the rest of each step is clean and takes back the "
-                                                             "robustness; each costs about 8 plain epochs).")]
+                                                             "every step after the first (default 1, the low end "
+                                                             "of the authors' 1-2; the rest of each step is clean "
+                                                             "and takes back the robustness; each costs about 8 "
+                                                             "plain epochs).")]
     = None,
     relearn_adv_epochs: Annotated[int | None, typer.Option(help="AdvrBD: train the last this many relearning "
                                                                "epochs on PGD examples (pudrt's addition, for "

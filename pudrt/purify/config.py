@@ -35,11 +35,12 @@ class PurifyConfig:
     screen_factor: int = 8
     """Measured on full CIFAR-10 BadNets (2,500-sample pool): 78 / 45 / 26 poisons inside at factor 2 / 4 / 8."""
     adv_epochs_later: int = 1
-    """Adversarial epochs at the start of every step after the first (the first step is all adversarial); the
-    authors' 1. The clean epochs after them take back the robustness that step 1 built: on full CIFAR-10 BadNets
-    (resnet9w16) adv_acc@PGD-7/6 peaked at 21.5% after step 1 of the full schedule and ended at 0.6%, the infected
-    model's. At `epochs_scale` 0.1, 3 (every epoch of the last step) with `clean_weight` 0.5 ended at C-Acc 83.85%,
-    ASR 1.18%, adv_acc 11.6% against 85.31%, 1.32%, 4.1% with the defaults (benchmarks/RESULTS.md)."""
+    """Adversarial epochs at the start of every step after the first (the first step is all adversarial); 1,
+    the low end of the authors' 1-2. The clean epochs after them take back the robustness that step 1 built:
+    on full CIFAR-10 BadNets (resnet9w16) adv_acc@PGD-7/6 peaked at 21.5% after step 1 of the full schedule
+    and ended at 0.6%, the infected model's. At `epochs_scale` 0.1, 3 (every epoch of the last step) with
+    `clean_weight` 0.5 ended at C-Acc 83.85%, ASR 1.18%, adv_acc 11.6% against 85.31%, 1.32%, 4.1% with the
+    defaults (benchmarks/RESULTS.md)."""
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
