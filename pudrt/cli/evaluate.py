@@ -103,7 +103,7 @@ def evaluate(
             rows[i]["source"] = str(source)
             rows[i]["vs_source"] = agreement(src, nets[i], test)
         if adv_samples > 0:
-            _pgd_rows(rows, nets, engines, src, test, adv_samples)
+            _pgd_rows(rows, nets, engines, source, src, test, adv_samples)
         if square_queries and adv_samples > 0:
             for row, net in zip(rows, nets, strict=True):
                 square = square_accuracy(net, test, SQUARE_EPS / 255, square_queries, limit=adv_samples)
@@ -141,19 +141,27 @@ def _load_source(source: Path, opts: tuple, test, engine_rows: list[dict], paths
     return src
 
 
-def _pgd_rows(rows: list[dict], nets: list, engines: list[int], src, test, adv_samples: int) -> None:
+def _pgd_rows(rows: list[dict], nets: list, engines: list[int], source: Path | None, src, test,
+              adv_samples: int) -> None:
     """Each row's adv_acc under the PGD presets: a model's from its own gradients; the engines' (given a source)
-    from one PGD run on the source's gradients whose examples every engine classifies, beside the source's own."""
+    from one PGD run on the source's gradients whose examples every engine classifies, beside the source's own,
+    which is also the row of the source file when it is in the table (not attacked a second time)."""
     for steps, eps in PGD_PRESETS:
         key = f"adv_acc@PGD-{steps}/{eps}"
-        for i, (row, net) in enumerate(zip(rows, nets, strict=True)):
-            if i not in engines:
-                row[key] = adversarial_accuracy(net, test, eps / 255, steps, limit=adv_samples)
+        source_acc = None
         if src is not None and engines:
             judges = {str(i): nets[i] for i in engines} | {"source": src}
             acc = transferred_accuracy(src, judges, test, eps / 255, steps, limit=adv_samples)
             for i in engines:
                 rows[i][key], rows[i][f"source_{key}"] = acc[str(i)], acc["source"]
+            source_acc = acc["source"]
+        for i, (row, net) in enumerate(zip(rows, nets, strict=True)):
+            if i in engines:
+                continue
+            if source_acc is not None and Path(row["model"]).resolve() == source.resolve():
+                row[key] = source_acc
+            else:
+                row[key] = adversarial_accuracy(net, test, eps / 255, steps, limit=adv_samples)
 
 
 def _echo_row(row: dict, attack, test, named: bool) -> None:
