@@ -47,6 +47,18 @@ class PurifyResult:
     None when no target was found, the run stopped early or `cfg.residual_check` is off."""
 
 
+# What a user can do when the residual check finds the backdoor still there, per method.
+PERSISTS_ADVICE = {
+    "pbe": "PBE (the paper's method) neither filters the target class nor unlearns, so a trigger that adversarial "
+           "fine-tuning leaves intact stays (on full CIFAR-10: BadNets and SIG); PUD, the default --method, adds "
+           "both and removed all four benchmark attacks (README, Status)",
+    "pud": "a longer schedule (--epochs-scale 0.3 or 1) or --method advrbd may remove it; measure the ASR with "
+           "--eval-data TEST --trigger ATTACK",
+    "advrbd": "try PUD, the default --method, which filters the target class at every step and unlearns what it "
+              "flags; measure the ASR with --eval-data TEST --trigger ATTACK",
+}
+
+
 def check_inputs(model: nn.Module, dataset: LabelledImages, num_classes: int) -> None:
     if len(dataset) == 0:
         raise PudrtError(f"{dataset.root}: the dataset is empty; purify needs the (untrusted) training data")
@@ -109,6 +121,8 @@ def purify(model: nn.Module, dataset: LabelledImages, cfg: PurifyConfig, out: st
             after = discover(student)
             write_json_atomic(checked, after.to_dict())
         residual = residual_verdict(target, after)
+        if residual["persists"]:
+            residual["statement"] += f"; {PERSISTS_ADVICE[cfg.method]}"
         (log.warning if residual["persists"] else log.info)("residual check: %s", residual["statement"])
     else:
         checked.unlink(missing_ok=True)  # never left from an earlier run beside this run's model

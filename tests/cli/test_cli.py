@@ -378,6 +378,7 @@ def test_purify_writes_model_onnx_pools_history_and_report(tmp_path, badnets_mod
     # (discovery's full scores, before the verdict left out the outlier mass)
     assert history["target"]["target_class"] == 0 and history["residual"]["persists"], history["residual"]
     assert "WARNING: residual check (target discovery on the purified model" in text, text
+    assert "PUD, the default --method" in history["residual"]["statement"]  # and what to do about it
     assert "the backdoor likely persists" in (out / "report.md").read_text() and (out / "residual.json").is_file()
     assert len(np.load(out / "clean_indices.npy")) == round(0.7 * 500)
     # a second run with the same options resumes from the last checkpoint instead of training again, and reads the

@@ -47,3 +47,11 @@ def test_behaviour_evidence_needs_a_lead_over_the_other_classes():
     after = evidence(None, robust_z=one(11.0) + one(7.0, at=3))  # class 3 almost as strong: no single class
     verdict = residual_verdict(BEFORE, after)
     assert not verdict["persists"] and "no longer stands out" in verdict["statement"]
+
+
+def test_every_method_says_what_to_do_when_the_backdoor_persists():
+    from pudrt.purify.config import METHODS
+    from pudrt.purify.run import PERSISTS_ADVICE
+
+    assert set(PERSISTS_ADVICE) == set(METHODS)
+    assert all("--method" in advice for advice in PERSISTS_ADVICE.values())
