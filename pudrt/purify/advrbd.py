@@ -278,7 +278,8 @@ def advrbd(infected: nn.Module, session: Session, classes: int, target: int | No
     restoring = pattern is not None and pattern.scale is not None
     restored = np.flatnonzero(data.y == target) if restoring else np.zeros(0, np.int64)
     rows = RestoredRows(data, pattern) if restoring else data  # what the training loops read
-    copies = (lambda x, y, g: pattern.copies(x, y, cfg.pattern_share, g)) if restoring else None
+    copies = ((lambda x, y, g: pattern.copies(x, y, cfg.pattern_share, g, cfg.pattern_round_trip))
+              if restoring else None)
     relabel = np.setdiff1d(poison, restored)  # restored rows keep their (correct) label
 
     model = fresh_copy(infected, cfg.seed)

@@ -68,6 +68,22 @@ def test_copies_carry_the_pattern_on_non_target_rows_under_their_own_labels():
     assert len(SharedPattern(0, pattern, None, {}).copies(x, y, 1.0, torch.Generator())[1]) == 0
 
 
+def test_round_trip_copies_carry_only_what_restoring_leaves():
+    j = torch.arange(8, dtype=torch.float32)
+    pattern = (0.1 * torch.sin(2 * torch.pi * 3 * j / 8)).expand(3, 8, 8).clone()  # a fine sinusoid, as SIG's
+    found = SharedPattern(0, pattern, 1.0, {}, restores=True)
+    x = torch.full((8, 3, 8, 8), 0.5)
+    y = torch.tensor([0, 0, 1, 2, 3, 0, 4, 5])
+    plain, _ = found.copies(x, y, 1.0, torch.Generator().manual_seed(0))
+    default, _ = found.copies(x, y, 1.0, torch.Generator().manual_seed(0), round_trip=0.0)
+    assert torch.equal(plain, default)  # no round trip: the same copies as before it existed (PUD's)
+    back, yb = found.copies(x, y, 1.0, torch.Generator().manual_seed(0), round_trip=1.0)
+    assert sorted(yb.tolist()) == [1, 2, 3, 4, 5]  # still other classes' rows under their own labels
+    # put in and taken back out: what stays is the restoration's residue, far smaller than the pattern itself
+    moved = {name: float((c - x[: len(c)]).pow(2).mean().sqrt()) for name, c in (("plain", plain), ("back", back))}
+    assert moved["back"] <= 0.25 * moved["plain"], moved
+
+
 def test_training_on_pattern_copies_unlearns_sig(sig_model, sig_rows, test_data):
     attack = SIG()
     before = attack_success_rate(sig_model, test_data, attack)
@@ -132,6 +148,10 @@ def test_pattern_options_are_validated():
         PurifyConfig.for_method("pud", pattern_share=0)
     assert not PurifyConfig.for_method("pbe").shared_pattern  # the authors' PBE, as published
     assert PurifyConfig.for_method("advrbd").shared_pattern  # used for a clean-label class only (advrbd.py)
+    with pytest.raises(PudrtError, match="pattern_round_trip"):
+        PurifyConfig.for_method("advrbd", pattern_round_trip=1.5)
+    assert PurifyConfig.for_method("advrbd").pattern_round_trip == 0.5  # its stage-3 model is trained anew
+    assert PurifyConfig.for_method("pud").pattern_round_trip == 0.0
 
 
 def test_the_summary_says_what_was_done_with_the_pattern():
