@@ -55,6 +55,10 @@ def purify(
     finish_epochs: Annotated[int | None, typer.Option(help="PUD: clean epochs after the last unlearning, learning "
                                                           "rate annealed to 0 (default 1; 0 ends as the authors' "
                                                           "PUD does).")] = None,
+    finish_adv_weight: Annotated[float | None, typer.Option(help="PUD: share of the finish's loss on PGD-7 "
+                                                                 "examples of each batch, the rest on the clean "
+                                                                 "batch (0: a clean finish; an adversarial finish "
+                                                                 "epoch costs about 8 plain ones).")] = None,
     adv_epochs_later: Annotated[int | None, typer.Option(help="PUD and PBE: adversarial epochs at the start of "
                                                              "every step after the first (default 1, the low end "
                                                              "of the authors' 1-2; the rest of each step is clean "
@@ -98,7 +102,7 @@ def purify(
     # options left unset keep the method's preset (for_method), so only those given are passed
     given = {"clean_weight": clean_weight, "relearn_adv_epochs": relearn_adv_epochs, "lr": lr,
              "adv_epochs_later": adv_epochs_later,
-             "finish_epochs": finish_epochs, "kl_orientation": kl_orientation}
+             "finish_epochs": finish_epochs, "finish_adv_weight": finish_adv_weight, "kl_orientation": kl_orientation}
     cfg = PurifyConfig.for_method(method, epochs_scale=epochs_scale, batch_size=batch_size, seed=seed,
                                   initial_pool=initial_pool, target_fit=target_fit, threads=threads,
                                   residual_check=residual_check,

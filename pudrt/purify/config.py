@@ -110,6 +110,12 @@ class PurifyConfig:
     `lr` to 0 (cosine, per batch); not scaled by `epochs_scale`. Not in the authors' method: their last step ends
     with data purification and unlearning, which left full-CIFAR-10 BadNets at C-Acc 79.1 / ASR 0.08% (infected
     84.8). From that model, one finish epoch measured 84.7 / 1.1%. 0 ends on the unlearning, as the authors do."""
+    finish_adv_weight: float = 0.0
+    """Share of the finish's loss on PGD examples of each batch (`eps`, `steps`, labelled with their own class),
+    the rest on the clean batch (loops.finetune_epoch's `clean_weight` = 1 − this); 0 is a clean finish. Not in
+    the authors' method: its later steps' clean epochs take back the robustness step 1 built (adv_acc 21.5% after
+    step 1 of the full schedule, 0.6% at the end on full CIFAR-10 BadNets), and the finish is the last training
+    the purified model gets. An adversarial finish epoch costs about 8 clean ones."""
     finish_negatives: bool = False
     """Unlearn the target gate's rows during the finish too (loops.finetune_epoch's `negatives`: one pass per
     epoch, weighted per sample). They are 4-16% clean airplanes, and the finish is where the purified model
@@ -191,6 +197,12 @@ class PurifyConfig:
             raise PudrtError(f"--clean-weight must be in [0, 1], got {self.clean_weight}")
         if self.finish_epochs < 0:
             raise PudrtError(f"--finish-epochs must be >= 0, got {self.finish_epochs}")
+        if not 0 <= self.finish_adv_weight <= 1:
+            raise PudrtError(f"--finish-adv-weight must be in [0, 1], got {self.finish_adv_weight}")
+        if self.finish_adv_weight and not self.finish_epochs:
+            raise PudrtError(f"--finish-adv-weight {self.finish_adv_weight} weighs the finish's PGD examples, but "
+                             f"{self.method} has no finish (finish_epochs 0): set --finish-epochs, or leave the "
+                             f"weight at 0")
         if self.adv_epochs_later < 0:
             raise PudrtError(f"--adv-epochs-later must be >= 0, got {self.adv_epochs_later}")
         if self.adv_epochs_later != 1 and self.method == "advrbd":

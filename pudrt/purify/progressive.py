@@ -450,7 +450,8 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
             log.info("stopping after step %d as asked; run again to resume", k + 1)
             return student, pools
     if cfg.finish_epochs and first <= steps:
-        # the authors' last step ends on unlearning; a short annealed clean finish wins back the accuracy it costs
+        # the authors' last step ends on unlearning; a short annealed finish wins back the accuracy it costs (and, with
+        # finish_adv_weight, some of the robustness the later steps' clean epochs took)
         epochs = cfg.finish_epochs
         opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
         batches = epochs * -(-len(pools.clean) // cfg.batch_size)
@@ -459,8 +460,12 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         row = {"step": steps + 1, "stage": "finish", "train_pool": len(pools.clean), "lr": f"{cfg.lr} -> 0 (cosine)",
                "epochs": []}
         negatives = gated if cfg.gate_passes and cfg.finish_negatives else None
+        pgd = PGD(student, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.steps) if cfg.finish_adv_weight else None
+        if pgd is not None:
+            row["adversarial_weight"] = cfg.finish_adv_weight
         for e in range(epochs):
-            stats = finetune_epoch(student, opt, train_rows, pools.clean, gen, cfg.batch_size, teacher=teacher,
+            stats = finetune_epoch(student, opt, train_rows, pools.clean, gen, cfg.batch_size, pgd=pgd,
+                                   clean_weight=1 - cfg.finish_adv_weight, teacher=teacher,
                                    consistency_weight=cfg.consistency_weight, augment=cfg.augment,
                                    scheduler=schedule, negatives=negatives, negative_weight=cfg.gate_weight,
                                    copies=copies,

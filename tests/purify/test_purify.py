@@ -314,3 +314,20 @@ def test_advrbd_relearning_ends_on_adversarial_epochs_when_asked(train_data):
         PurifyConfig.for_method("advrbd", relearn_adv_epochs=-1)
     with pytest.raises(PudrtError, match="is AdvrBD's"):
         PurifyConfig.for_method("pud", relearn_adv_epochs=1)
+
+
+def test_pud_finish_trains_on_pgd_examples_when_weighted(badnets_model, badnets_data, tmp_path):
+    cfg = PurifyConfig.for_method("pud", epochs_scale=0.1, discovery_samples=100, residual_check=False,
+                                  finish_adv_weight=0.3)
+    result = purify(badnets_model, badnets_data.per_class(12), cfg, tmp_path, 10)
+    finish = result.history[-1]
+    assert finish["stage"] == "finish" and finish["adversarial_weight"] == 0.3, finish
+    assert finish["epochs"][-1]["adversarial_samples"] == finish["train_pool"] == len(result.clean_indices)
+    clean = PurifyConfig.for_method("pud", epochs_scale=0.1, discovery_samples=100, residual_check=False,
+                                    finish_adv_weight=0.0)
+    plain = purify(badnets_model, badnets_data.per_class(12), clean, tmp_path / "clean", 10).history[-1]
+    assert plain["epochs"][-1]["adversarial_samples"] == 0 and "adversarial_weight" not in plain, plain
+    with pytest.raises(PudrtError, match="--finish-adv-weight must be in"):
+        PurifyConfig.for_method("pud", finish_adv_weight=1.5)
+    with pytest.raises(PudrtError, match="has no finish"):
+        PurifyConfig.for_method("pbe", finish_adv_weight=0.2)
