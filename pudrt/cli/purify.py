@@ -52,13 +52,14 @@ def purify(
     target_fit: Annotated[str, typer.Option(help="PUD: how the found target class is filtered: anchored (a fit on "
                                                  "its rows in the KL-screened first pool, the default) or spectre "
                                                  "(the authors' SPECTRE).")] = "anchored",
-    finish_epochs: Annotated[int | None, typer.Option(help="PUD: clean epochs after the last unlearning, learning "
-                                                          "rate annealed to 0 (default 1; 0 ends as the authors' "
-                                                          "PUD does).")] = None,
+    finish_epochs: Annotated[int | None, typer.Option(help="PUD: epochs on the final clean pool after the last "
+                                                          "unlearning, learning rate annealed to 0 (default 1; 0 "
+                                                          "ends as the authors' PUD does).")] = None,
     finish_adv_weight: Annotated[float | None, typer.Option(help="PUD: share of the finish's loss on PGD-7 "
                                                                  "examples of each batch, the rest on the clean "
-                                                                 "batch (0: a clean finish; an adversarial finish "
-                                                                 "epoch costs about 8 plain ones).")] = None,
+                                                                 "batch (default 0.1; 0: a clean finish, as before "
+                                                                 "2026-12-01; PGD on every batch makes the finish "
+                                                                 "cost about 8 plain epochs).")] = None,
     adv_epochs_later: Annotated[int | None, typer.Option(help="PUD and PBE: adversarial epochs at the start of "
                                                              "every step after the first (default 1, the low end "
                                                              "of the authors' 1-2; the rest of each step is clean "
@@ -110,6 +111,9 @@ def purify(
                                   **({} if target_gate else {"target_gate": False}),
                                   **({} if shared_pattern else {"shared_pattern": False}),
                                   **({} if pattern_restore else {"pattern_restore": False}))
+    if finish_adv_weight and not cfg.finish_epochs:
+        raise PudrtError(f"--finish-adv-weight {finish_adv_weight} weighs the finish's PGD examples, but this run has "
+                         f"no finish (--finish-epochs 0, or --method {method}): drop one of the two")
     loaded = load_model_from_opts(model, arch, num_classes, mean, std, unsafe_pickle)
     if loaded.info.format not in ("state_dict", "pickle"):
         raise PudrtError(f"{model}: purify fine-tunes the weights, so it needs a state dict or safetensors file "

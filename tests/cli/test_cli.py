@@ -417,3 +417,8 @@ def test_purify_refuses_inference_only_models_and_stray_options(tmp_path, badnet
     code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--method", "advrbd", "--kl-orientation",
                         "upside-down")
     assert code == 2 and "--kl-orientation must be one of auto, robust, fragile" in text, text
+    for stray in (["--finish-epochs", "0"], ["--method", "pbe"]):  # a weight for a finish that does not run
+        code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--finish-adv-weight", "0.2", *stray)
+        assert code == 2 and "has no finish" in text, text
+    code, text = invoke("purify", pt, "embedded", "-o", tmp_path / "o", "--finish-adv-weight", "1.5")
+    assert code == 2 and "--finish-adv-weight must be in [0, 1]" in text, text

@@ -78,6 +78,9 @@ def test_pud_halves_asr_and_keeps_clean_accuracy(pud_run):
     history = json.loads((out / "history.json").read_text())
     assert [r["step"] for r in history["steps"]] == [0, 1, 2, 3, 4, 5, 6]
     assert history["steps"][-1]["stage"] == "finish" and history["steps"][-1]["train_pool"] == len(result.clean_indices)
+    # a tenth of the finish's loss is on PGD examples of every batch (finish_adv_weight's default)
+    assert history["steps"][-1]["adversarial_weight"] == 0.1
+    assert history["steps"][-1]["epochs"][-1]["adversarial_samples"] == len(result.clean_indices)
     for name in ("clean_indices.npy", "poison_indices.npy", "scores.csv", "target.json"):
         assert (out / name).exists()
     clean = np.load(out / "clean_indices.npy")
@@ -331,3 +334,6 @@ def test_pud_finish_trains_on_pgd_examples_when_weighted(badnets_model, badnets_
         PurifyConfig.for_method("pud", finish_adv_weight=1.5)
     with pytest.raises(PudrtError, match="has no finish"):
         PurifyConfig.for_method("pbe", finish_adv_weight=0.2)
+    # PBE and AdvrBD keep a weight of 0: they have no finish; PUD without one leaves the weight unused
+    assert PurifyConfig.for_method("pbe").finish_adv_weight == PurifyConfig.for_method("advrbd").finish_adv_weight == 0
+    assert PurifyConfig.for_method("pud", finish_epochs=0).finish_adv_weight == 0.1
