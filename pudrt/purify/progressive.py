@@ -401,12 +401,12 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
                          "spectre": pools.spectre, "gated": gated, "anchors": anchors,
                          "anchors_from": anchors_from})
 
+    pgd = PGD(student, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.steps)  # the steps' and the finish's
     for k in range(first, steps):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + k)
         epochs = cfg.scaled(cfg.epochs[k])
         adv_epochs = epochs if k == 0 else min(cfg.adv_epochs_later, epochs)
         opt = make_optimizer(student, cfg.lr, cfg.momentum, cfg.weight_decay)
-        pgd = PGD(student, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.steps)
         row: dict = {"step": k + 1, "train_pool": len(pools.clean), "epochs": []}
         if k == 0:
             row["first_pool"] = {"how": cfg.initial_pool, **session.pool_quality(pools.clean, np.zeros(0, int))}
@@ -464,11 +464,11 @@ def progressive_purify(student: nn.Module, infected: nn.Module, session: Session
         row = {"step": steps + 1, "stage": "finish", "train_pool": len(pools.clean), "lr": f"{cfg.lr} -> 0 (cosine)",
                "epochs": []}
         negatives = gated if cfg.gate_passes and cfg.finish_negatives else None
-        pgd = PGD(student, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.steps) if cfg.finish_adv_weight else None
-        if pgd is not None:
+        if cfg.finish_adv_weight:
             row["adversarial_weight"] = cfg.finish_adv_weight
         for e in range(epochs):
-            stats = finetune_epoch(student, opt, train_rows, pools.clean, gen, cfg.batch_size, pgd=pgd,
+            stats = finetune_epoch(student, opt, train_rows, pools.clean, gen, cfg.batch_size,
+                                   pgd=pgd if cfg.finish_adv_weight else None,
                                    clean_weight=1 - cfg.finish_adv_weight, teacher=teacher,
                                    consistency_weight=cfg.consistency_weight, augment=cfg.augment,
                                    scheduler=schedule, negatives=negatives, negative_weight=cfg.gate_weight,
