@@ -65,8 +65,9 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
     with the sample's own label (PBE/PUD model purification); with `teacher`,
     a softmax-MSE consistency term to the EMA teacher is added and the teacher
     is updated after each step. `clean_weight` > 0 mixes in the loss on the
-    clean batch: (1 − w)·CE(x_adv) + w·CE(x). `labels` overrides the dataset's
-    labels (AdvrBD relabelling). `scheduler` is stepped after every batch.
+    clean batch: (1 − w)·CE(x_adv) + w·CE(x) per batch row. `labels`
+    overrides the dataset's labels (AdvrBD relabelling). `scheduler` is
+    stepped after every batch.
     `negatives`, a precise poison set, are unlearned along the way: each batch
     carries a proportional slice of them (one pass per epoch) in the same
     forward, and the loss averages CE over the batch and
@@ -74,7 +75,10 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
     `copies(x, y, gen) -> (x', y')` adds training rows made from the
     (augmented, not attacked) batch, e.g. non-target rows carrying the target
     class's shared pattern under their own labels (pattern.py); they join the
-    same forward and count in the CE like any sample.
+    same forward and count in the CE like any sample. Copies and negatives
+    are never attacked, and keep their full per-sample weight in a mixed
+    epoch (they used to sit inside the (1 − w) part and count at a tenth in
+    PUD's finish and AdvrBD's adversarial relearning epoch).
     """
     student.train()
     batches = shuffled_batches(idx, batch_size, gen)
@@ -101,14 +105,19 @@ def finetune_epoch(student: nn.Module, opt: torch.optim.Optimizer, data: Materia
         out = student(torch.cat(parts)) if len(parts[1]) or neg_batches else student(x)
         logits = out[: len(y)]
         ce_rows = len(y) + len(yc)
-        loss = F.cross_entropy(out[:ce_rows], torch.cat([y, yc]))
+        ce = F.cross_entropy(out[:ce_rows], torch.cat([y, yc]), reduction="none")
+        own = ce[: len(y)].mean()
+        if pgd is not None and clean_weight > 0:  # the mix is of the batch's own rows only
+            own = (1 - clean_weight) * own + clean_weight * F.cross_entropy(student(x_clean), y)
+        # per sample, a copy counts as much as a batch row, and a negative as much times the weight, whatever
+        # the clean/adversarial mix of the batch rows (a copy or a negative is never attacked)
+        loss = len(y) * own + ce[len(y):].sum()
         copied += len(yc)
-        if neg_batches:  # per sample, a negative counts as much as a clean sample (times the weight)
+        if neg_batches:
             neg = negative_loss(out[ce_rows:], yn)
             neg_sum += float(neg.detach()) * len(y)
-            loss = (ce_rows * loss + negative_weight * len(yn) * neg) / (ce_rows + len(yn))
-        if pgd is not None and clean_weight > 0:
-            loss = (1 - clean_weight) * loss + clean_weight * F.cross_entropy(student(x_clean), y)
+            loss = loss + negative_weight * len(yn) * neg
+        loss = loss / (ce_rows + (len(yn) if neg_batches else 0))
         if teacher is not None:
             with torch.no_grad():
                 t_logits = teacher(x)
