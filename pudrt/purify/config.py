@@ -40,7 +40,8 @@ class PurifyConfig:
     on full CIFAR-10 BadNets (resnet9w16) adv_acc@PGD-7/6 peaked at 21.5% after step 1 of the full schedule
     and ended at 0.6%, the infected model's. At `epochs_scale` 0.1, 3 (every epoch of the last step) with
     `clean_weight` 0.5 ended at C-Acc 83.85%, ASR 1.18%, adv_acc 11.6% against 85.31%, 1.32%, 4.1% with the
-    defaults (benchmarks/RESULTS.md)."""
+    defaults of then (a clean finish; both before code 00dfd37 gave the shared pattern's copies their full
+    weight in mixed epochs; benchmarks/RESULTS.md)."""
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -116,9 +117,11 @@ class PurifyConfig:
     the authors' method: its later steps' clean epochs take back the robustness step 1 built (adv_acc 21.5% after
     step 1 of the full schedule, 0.6% at the end on full CIFAR-10 BadNets). Measured there (resnet9w16, the
     finish alone rerun from the full schedule's step-5 checkpoint, 2026-12-01): C-Acc / ASR / adv_acc@PGD-7/6 /
-    test airplanes 86.6 / 0.41 / 0.6 / 87.3% with a clean finish, 84.9 / 0.79 / 11.1 / 87.6% at 0.1, 83.2 / 0.77
-    / 16.7 / 85.2% at 0.2 (infected 84.8 / 96.2 / 0.6 / 88.6%); that resumed run, evaluation included, took 3.7 min.
-    PBE and AdvrBD have no finish and keep 0."""
+    test airplanes 86.6 / 0.41 / 0.6 / 87.3% with a clean finish, 84.8 / 0.48 / 10.8 / 86.1% at 0.1 (84.9 / 0.79 /
+    11.1 / 87.6% before the shared pattern's copies kept their full weight here, code 00dfd37), 83.2 / 0.77 / 16.7 /
+    85.2% at 0.2 (before that fix; infected 84.8 / 96.2 / 0.6 / 88.6%); that resumed run, evaluation included,
+    took 3.5 min. At `epochs_scale` 0.1 the default met every target on BadNets, Blend, WaNet and SIG with adv_acc
+    14.7-19.6% (benchmarks/RESULTS.md). PBE and AdvrBD have no finish and keep 0."""
     finish_negatives: bool = False
     """Unlearn the target gate's rows during the finish too (loops.finetune_epoch's `negatives`: one pass per
     epoch, weighted per sample). They are 4-16% clean airplanes, and the finish is where the purified model

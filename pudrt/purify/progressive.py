@@ -66,7 +66,7 @@ clean airplanes cost the target class 3.3-3.4 points there for 0.1-0.2 points of
 Since 2026-12-01 a tenth of the finish's loss is on PGD examples of the batch
 (config.finish_adv_weight): the later steps' clean epochs take back the robustness
 step 1 built, and at the authors' full schedule the clean finish ended at the
-infected model's adv_acc (0.6%); the mixed finish ended at 11.1%.
+infected model's adv_acc (0.6%); the mixed finish ended at 10.8%.
 """
 
 from __future__ import annotations
