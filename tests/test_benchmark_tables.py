@@ -52,3 +52,24 @@ def test_a_row_names_its_options_and_label():
     assert bench.options_note({"options": {"shared_pattern": False}, "label": "no-pattern"}) == (
         " (shared_pattern=false, “no-pattern”)")
     assert bench.options_note({"options": {}, "label": ""}) == ""
+
+
+def test_seeds_of_one_setting_are_gathered_with_their_spread():
+    bench = load_bench()
+    rows = [
+        row(bench, "wanet", "pud", 0.019, 0.826, 0.196),
+        row(bench, "wanet", "pud", 0.025, 0.830, 0.180, options={"seed": 1}),   # ASR over 2%: targets missed
+        row(bench, "wanet", "pud", 0.015, 0.822, 0.200, options={"seed": 2}),
+        row(bench, "blend", "pud", 0.015, 0.834, 0.178),
+        row(bench, "blend", "pud", 0.010, 0.834, 0.178, options={"seed": 1, "lr": 0.02}),  # a variant: left out
+        row(bench, "sig", "pud", 0.001, 0.813, 0.147, options={"seed": 1}),
+    ]
+    older = row(bench, "sig", "pud", 0.001, 0.813, 0.147)  # the default seed, but on an earlier infected model
+    older["before"] = {"c_acc": 0.782, "asr": 0.988, bench.ADV: 0.004}
+    rows.insert(0, older)
+    table = [line for line in bench.seed_lines(rows) if line.startswith("| resnet9w16")]
+    assert len(table) == 1, table  # blend and sig have one seed each on their current model
+    wanet = table[0]
+    assert "| wanet | pud | 0.1 | 0 (abc1234), 1 (abc1234), 2 (abc1234) |" in wanet
+    assert "1.97 (1.50–2.50)" in wanet and "82.6 (82.2–83.0)" in wanet and "| 2 of 3 |" in wanet
+    assert bench.seed_lines(rows[:1]) == []
