@@ -257,6 +257,23 @@ def _infected(row: dict) -> tuple:
     return round(row["before"]["c_acc"], 4), round(row["before"]["asr"], 4)
 
 
+def _setting(row: dict) -> tuple | None:
+    """(arch, attack, method, infected model's recipe, schedule) of a finished full-CIFAR-10 row; None for a subset
+    or an unfinished row. An infected model trained another way is another model: its recipe is in the key."""
+    full = not row.get("per_class") and row.get("test_samples", 10_000) == 10_000
+    if not (full and row.get("before") and row.get("after")):
+        return None
+    recipe = (row.get("train_epochs", 15), json.dumps(row.get("train_recipe") or {}, sort_keys=True))
+    return row["arch"], row["attack"], row["method"], recipe, row["epochs_scale"]
+
+
+def _setting_order(key: tuple) -> tuple:
+    """Arch, then attacks and methods in the benchmark's order, then the recipe and the schedule."""
+    arch, attack, method, recipe, scale = key
+    return (arch, ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else 99, recipe,
+            METHOD_ORDER.index(method) if method in METHOD_ORDER else 99, scale)
+
+
 def summary_lines(rows: list[dict]) -> list[str]:
     """The latest full-CIFAR-10 row of each (arch, attack, method, schedule) at default settings, against the
     targets. Each `--epochs-scale` keeps its own row: a longer schedule is not a newer version of a shorter one
@@ -266,18 +283,11 @@ def summary_lines(rows: list[dict]) -> list[str]:
     latest: dict[tuple, dict] = {}
     current: dict[tuple, tuple] = {}
     for r in rows:  # rows are appended in time order, so a later one replaces an earlier one
-        full = not r.get("per_class") and r.get("test_samples", 10_000) == 10_000
-        if full and not r.get("options") and r.get("before") and r.get("after"):
-            # an infected model trained another way is another model: it gets its own line
-            recipe = (r.get("train_epochs", 15), json.dumps(r.get("train_recipe") or {}, sort_keys=True))
-            latest[(r["arch"], r["attack"], r["method"], recipe, r["epochs_scale"])] = r
-            current[(r["arch"], r["attack"], recipe)] = _infected(r)
+        key = _setting(r)
+        if key is not None and not r.get("options"):
+            latest[key] = r
+            current[(key[0], key[1], key[3])] = _infected(r)
     latest = {key: r for key, r in latest.items() if _infected(r) == current[(key[0], key[1], key[3])]}
-
-    def order(key):
-        arch, attack, method, recipe, scale = key
-        return (arch, ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else 99, recipe,
-                METHOD_ORDER.index(method) if method in METHOD_ORDER else 99, scale)
 
     lines = [
         "### Where it stands: full CIFAR-10, the latest run of each attack, method and schedule",
@@ -293,7 +303,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         "date, code |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key in sorted(latest, key=order):
+    for key in sorted(latest, key=_setting_order):
         r = latest[key]
         b, a, ta, pp = r["before"], r["after"], r.get("target_acc") or {}, r.get("poison_pool") or {}
         ref = r.get("reference")
@@ -317,16 +327,13 @@ def seed_lines(rows: list[dict]) -> list[str]:
     model: dict[tuple, tuple] = {}
     current: dict[tuple, tuple] = {}
     for r in rows:  # in time order: a seed's later row replaces its earlier one
-        full = not r.get("per_class") and r.get("test_samples", 10_000) == 10_000
-        options = r.get("options") or {}
-        if not (full and set(options) <= {"seed"} and r.get("before") and r.get("after")):
+        key, options = _setting(r), r.get("options") or {}
+        if key is None or not set(options) <= {"seed"}:
             continue
-        recipe = (r.get("train_epochs", 15), json.dumps(r.get("train_recipe") or {}, sort_keys=True))
-        key = (r["arch"], r["attack"], r["method"], recipe, r["epochs_scale"])
         if model.get(key) != _infected(r):  # another infected model: the group starts again
             groups[key], model[key] = {}, _infected(r)
         groups[key][int(options.get("seed", 0))] = r
-        current[(r["arch"], r["attack"], recipe)] = _infected(r)
+        current[(key[0], key[1], key[3])] = _infected(r)
     groups = {key: seeds for key, seeds in groups.items()
               if len(seeds) > 1 and model[key] == current[(key[0], key[1], key[3])]}
     if not groups:
@@ -349,8 +356,7 @@ def seed_lines(rows: list[dict]) -> list[str]:
         mean, low, high = (f"{100 * v:.{digits}f}" for v in (sum(values) / len(values), min(values), max(values)))
         return f"{mean} ({low}–{high})"
 
-    for key in sorted(groups, key=lambda k: (k[0], ATTACK_ORDER.index(k[1]) if k[1] in ATTACK_ORDER else 99, k[3],
-                                             METHOD_ORDER.index(k[2]) if k[2] in METHOD_ORDER else 99, k[4])):
+    for key in sorted(groups, key=_setting_order):
         seeds = groups[key]
         after = [seeds[s]["after"] for s in sorted(seeds)]
         met = sum("**no**" not in targets_met(seeds[s]) for s in seeds)

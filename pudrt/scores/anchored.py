@@ -67,7 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pudrt.scores.spectre import chi2_quantile, principal_coordinates, robust_mean_cov
+from pudrt.scores.spectre import _mahalanobis, chi2_quantile, principal_coordinates, robust_mean_cov
 
 K = 16
 QUANTILE = 0.999
@@ -128,8 +128,7 @@ def anchored_scores(features: np.ndarray, anchors: np.ndarray, k: int = K, quant
     core = trimmed and len(given) >= CORE_MIN_PER_DIRECTION * k
     if core:
         mu, cov, _ = robust_mean_cov(z[given], remove=int((1 - CORE_SHARE) * len(given)))
-        diff = z[given] - mu
-        start = given[np.einsum("nd,nd->n", diff @ np.linalg.inv(cov), diff) <= cut]
+        start = given[_mahalanobis(z[given], mu, cov) <= cut]
         used = start if len(start) >= least else given
     rounds = 0
     while True:
@@ -148,5 +147,4 @@ def _distances(z: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     mu = z[anchors].mean(axis=0)
     cov = np.cov(z[anchors], rowvar=False).reshape(k, k)
     cov += 1e-6 * max(float(np.trace(cov)) / k, 1e-12) * np.eye(k)
-    diff = z - mu
-    return np.einsum("nd,nd->n", diff @ np.linalg.inv(cov), diff)
+    return _mahalanobis(z, mu, cov)
