@@ -71,8 +71,12 @@ class PoisonAttack:
         """(hits, count) for ASR: triggered samples whose true class is not the target, predicted as target."""
         if self.all_to_all:
             return int((pred == (y + 1) % num_classes).sum()), len(y)
-        keep = y != self.target
+        keep = self.counted(y)
         return int((pred[keep] == self.target).sum()), int(keep.sum())
+
+    def counted(self, y: torch.Tensor) -> torch.Tensor:
+        """Which samples ASR counts: all of them for an all-to-all attack, else those not of the target class."""
+        return torch.ones_like(y, dtype=torch.bool) if self.all_to_all else y != self.target
 
     def params(self) -> dict:
         return {"attack": self.name, **dataclasses.asdict(self)}

@@ -77,11 +77,13 @@ def demo(
     write_json_atomic(out / "summary.json", {"attack": spec.params(), "test": str(test.root), "models": rows})
     target = None if spec.all_to_all else test.classes[spec.target]
     extra = f"{target[:9]:>10}{'answers':>9}" if target else ""
-    typer.echo(f"\n{'model':<10}{'C-Acc':>8}{'ASR':>8}{'adv_acc':>9}{extra}{'seconds':>9}")
+    typer.echo(f"\n{'model':<10}{'C-Acc':>8}{'ASR':>8}{'untrig.':>9}{'adv_acc':>9}{extra}{'seconds':>9}")
     for name, r in rows.items():
         extra = f"{r['target_class_acc']:>10.3f}{r['target_share']:>9.3f}" if target else ""
-        typer.echo(f"{name:<10}{r['c_acc']:>8.3f}{r['asr']:>8.3f}{r[ADV]:>9.3f}{extra}{r['seconds']:>9.0f}")
-    typer.echo(f"\nadv_acc is {ADV} on {adv_samples} test images; seconds are training or purification time.")
+        typer.echo(f"{name:<10}{r['c_acc']:>8.3f}{r['asr']:>8.3f}{r['asr_untriggered']:>9.3f}{r[ADV]:>9.3f}{extra}"
+                   f"{r['seconds']:>9.0f}")
+    typer.echo(f"\nuntrig.: ASR's count on the test images without the trigger (what ASR reads with no backdoor); "
+               f"adv_acc is {ADV} on {adv_samples} test images; seconds are training or purification time.")
     if target:
         typer.echo(f"{target[:9]}: accuracy on the test images of the target class; answers: the share of all test "
                    f"images a model calls {target}. Poisons labelled {target} teach a model to answer it more often, "

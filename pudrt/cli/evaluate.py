@@ -29,8 +29,8 @@ from pudrt.errors import PudrtError
 from pudrt.evaluate import (
     adversarial_accuracy,
     agreement,
-    attack_success_rate,
-    clean_accuracy,
+    backdoor_rates,
+    predict,
     square_accuracy,
     trade_off_table,
     transferred_accuracy,
@@ -48,7 +48,10 @@ def evaluate(
                                                ".plan).")],
     data: Annotated[str | None, typer.Argument(help="Test data; default --data / PUDRT_DATA / embedded "
                                                     "('embedded' names the embedded test split).")] = None,
-    trigger: Annotated[str | None, typer.Option(help="Attack name or poison.json, for ASR.")] = None,
+    trigger: Annotated[str | None, typer.Option(help="Attack name or poison.json, for ASR; also reports "
+                                                            "the same count on the untriggered images (what ASR "
+                                                            "reads with no backdoor) and RA (triggered images "
+                                                            "still given their true class).")] = None,
     split: Annotated[str, typer.Option(help="Split to read when DATA is a root with train/ and test/.")] = "test",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Also write the numbers as JSON.")] = None,
     arch: ModelOpts.arch = None,
@@ -95,10 +98,11 @@ def evaluate(
         src = _load_source(source, opts, test, [rows[i] for i in engines], paths) if source is not None else None
         for row, net in zip(rows, nets, strict=True):
             del row["classes"]
-            row["c_acc"] = clean_accuracy(net, test)
+            pred, labels = predict(net, test)
+            row["c_acc"] = float((pred == labels).float().mean()) if len(labels) else float("nan")
             if attack is not None:
                 row["attack"] = attack.params()
-                row["asr"] = attack_success_rate(net, test, attack)
+                row.update(backdoor_rates(net, test, attack, clean=(pred, labels)))
         for i in engines if src is not None else ():
             rows[i]["source"] = str(source)
             rows[i]["vs_source"] = agreement(src, nets[i], test)
@@ -168,7 +172,8 @@ def _echo_row(row: dict, attack, test, named: bool) -> None:
     """One row's numbers as the lines `pudrt evaluate` prints."""
     line = (f"{row['model']}: " if named else "") + f"C-Acc {row['c_acc']:.4f}"
     if attack is not None:
-        line += f"  ASR {row['asr']:.4f} ({attack.name}, target {attack.target})"
+        line += (f"  ASR {row['asr']:.4f} (untriggered {row['asr_untriggered']:.4f}; {attack.name}, target "
+                 f"{attack.target})  RA {row['robust_acc']:.4f}")
     for key, value in row.items():
         if key.startswith("adv_acc"):
             line += f"  {key} {value:.4f}"

@@ -4,6 +4,7 @@ from pudrt.evaluate.metrics import (
     adversarial_accuracy,
     agreement,
     attack_success_rate,
+    backdoor_rates,
     clean_accuracy,
     predict,
     square_accuracy,
@@ -11,5 +12,5 @@ from pudrt.evaluate.metrics import (
 )
 from pudrt.evaluate.table import trade_off_table
 
-__all__ = ["adversarial_accuracy", "agreement", "attack_success_rate", "clean_accuracy", "predict",
+__all__ = ["adversarial_accuracy", "agreement", "attack_success_rate", "backdoor_rates", "clean_accuracy", "predict",
            "square_accuracy", "trade_off_table", "transferred_accuracy"]

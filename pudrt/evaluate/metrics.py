@@ -1,4 +1,4 @@
-"""Clean accuracy (C-Acc) and attack success rate (ASR), named as in BackdoorBench.
+"""Clean accuracy (C-Acc), attack success rate (ASR) and robust accuracy (RA), named as in BackdoorBench.
 
 Both take any `model(x) -> logits` callable on float NCHW in [0, 1], so the same
 numbers come from a torch module or an engine runner.
@@ -63,6 +63,31 @@ def attack_success_rate(model: Logits, dataset: LabelledImages, attack: PoisonAt
     pred, y = predict(model, dataset, attack, batch_size)
     hits, count = attack.attack_success(pred, y, dataset.num_classes)
     return hits / count if count else float("nan")
+
+
+def backdoor_rates(model: Logits, dataset: LabelledImages, attack: PoisonAttack, batch_size: int = 256,
+                   clean: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """ASR with the two numbers it is read against, from one pass over the triggered samples.
+
+    - `asr`: as `attack_success_rate`.
+    - `asr_untriggered`: the same count on the clean samples. A model that calls 2% of the clean non-target
+      images the target reads about 2% ASR with no backdoor at all, so an ASR at or below this means the trigger
+      no longer moves predictions to the target and what is left is the model's own errors.
+    - `robust_acc` (BackdoorBench's RA): the counted triggered samples still given their true class.
+
+    `clean`: the (predictions, labels) of `predict(model, dataset)` when the caller already has them.
+    """
+    pred, y = predict(model, dataset, attack, batch_size)
+    clean_pred, clean_y = clean if clean is not None else predict(model, dataset, None, batch_size)
+    if not torch.equal(clean_y, y):
+        raise ValueError("backdoor_rates: `clean` is not this dataset's predictions (its labels differ)")
+    hits, count = attack.attack_success(pred, y, dataset.num_classes)
+    natural, _ = attack.attack_success(clean_pred, y, dataset.num_classes)
+    keep = attack.counted(y)
+    if not count:
+        return dict.fromkeys(("asr", "asr_untriggered", "robust_acc"), float("nan"))
+    return {"asr": hits / count, "asr_untriggered": natural / count,
+            "robust_acc": int((pred[keep] == y[keep]).sum()) / count}
 
 
 def adversarial_accuracy(model: torch.nn.Module, dataset: LabelledImages, eps: float = 6 / 255, steps: int = 7,

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 
-_FIXED = (("c_acc", "C-Acc"), ("asr", "ASR"))
+_FIXED = (("c_acc", "C-Acc"), ("asr", "ASR"), ("asr_untriggered", "ASR untriggered"), ("robust_acc", "RA"))
 
 
 def metric_columns(rows: list[dict]) -> list[tuple[str, str]]:
-    """(key, heading) of each metric that any row has, in the order: C-Acc, ASR, then each adv_acc as first met."""
+    """(key, heading) of each metric that any row has, in the order: C-Acc, ASR (and its untriggered count and RA),
+    then each adv_acc as first met."""
     keys = [(key, title) for key, title in _FIXED if any(key in row for row in rows)]
     seen = {key for key, _ in keys}
     for row in rows:

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from pudrt.attacks.base import PoisonAttack
 from pudrt.errors import PudrtError
-from pudrt.evaluate import adversarial_accuracy, attack_success_rate, predict
+from pudrt.evaluate import adversarial_accuracy, backdoor_rates, predict
 from pudrt.io.atomic import atomic_path
 from pudrt.io.datasets import DecodedImages, LabelledImages
 from pudrt.purify.config import PurifyConfig
@@ -46,7 +46,7 @@ class Evaluation:
             pred, labels = predict(model, self.test)
             row = {"c_acc": float((pred == labels).float().mean()) if len(labels) else float("nan")}
             if self.attack is not None:
-                row["asr"] = attack_success_rate(model, self.test, self.attack)
+                row.update(backdoor_rates(model, self.test, self.attack, clean=(pred, labels)))
                 if not self.attack.all_to_all:
                     # a model that never predicts the target has ASR 0 and looks purified (SIG: README)
                     own = labels == self.attack.target

@@ -122,6 +122,8 @@ def test_evaluate_reports_c_acc_and_asr_and_writes_json(tmp_path, model_file):
     assert "C-Acc" in out and "ASR" in out and "adv_acc@PGD-7/6" in out
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["samples"] == 2000 and 0 <= result["c_acc"] <= 1 and 0 <= result["asr"] <= 1
+    assert "untriggered" in out and "RA" in out and 0 <= result["asr_untriggered"] <= 1
+    assert 0 <= result["robust_acc"] <= 1 - result["asr"] + 1e-9
     assert 0 <= result["adv_acc@PGD-10/8"] <= result["adv_acc@PGD-7/6"] + 0.05
 
 
@@ -241,10 +243,11 @@ def test_demo_runs_the_story_and_writes_a_summary(tmp_path):
         assert Path(row["model"]).is_file()
         # how often a model answers the target: its correct target answers (a tenth of the test set) are in it
         assert row["target_class_acc"] / 10 <= row["target_share"] <= 1, row
+        assert 0 <= row["asr_untriggered"] <= 1 and 0 <= row["robust_acc"] <= 1 - row["asr"] + 1e-9, row
     # each model's target-class accuracy and answer share sit beside the clean model's (README: the infected
     # model's is lifted by its poisons)
     header = next(line for line in out.splitlines() if line.startswith("model"))
-    assert header.split() == ["model", "C-Acc", "ASR", "adv_acc", "airplane", "answers", "seconds"], out
+    assert header.split() == ["model", "C-Acc", "ASR", "untrig.", "adv_acc", "airplane", "answers", "seconds"], out
     assert (tmp_path / "demo" / "purified" / "model.onnx").is_file()
     code, out = invoke("demo", "-o", tmp_path / "demo", "--epochs", "1", "--arch", "resnet8", "--purify-scale", "0",
                        "--adv-samples", "50", "--per-class", "50")
