@@ -65,8 +65,19 @@ def main() -> None:
                         "purification row would measure nothing); 0 purifies regardless")
     p.add_argument("--tables-only", action="store_true",
                    help="only rewrite the tables in RESULTS.md from the recorded rows, run nothing")
+    p.add_argument("--remeasure", action="store_true",
+                   help="add ASR's untriggered count and RA to recorded rows made before they were measured, from the "
+                        "cached infected models and each run's last checkpoint, then rewrite the tables; a row is "
+                        "updated only where its model gives back the recorded C-Acc and ASR exactly (a folder a later "
+                        "run overwrote does not)")
     args = p.parse_args()
     if args.tables_only:
+        write_results_md()
+        return
+    if args.remeasure:
+        from pudrt.io import resolve_data
+
+        remeasure(resolve_data(args.data, "test"), Path(args.work))
         write_results_md()
         return
     options = parse_options(args.options)
@@ -86,8 +97,7 @@ def main() -> None:
         raise SystemExit(f"--set: PurifyConfig has no field {', '.join(unknown)}")
     recipe = {k: v for k, v in (("lr", args.train_lr), ("batch_size", args.train_batch)) if v is not None}
     train_cfg = TrainConfig(arch=args.arch, epochs=args.train_epochs, **recipe)
-    # the cached models' names say how they were trained where it is not the default recipe
-    recipe_tag = "".join(f"-{'b' if k == 'batch_size' else k}{v}" for k, v in recipe.items())
+    recipe_tag = _recipe_tag(recipe)
     info = machine_info()
     train = resolve_data(args.data, "train")
     test = resolve_data(args.data, "test")
@@ -105,8 +115,10 @@ def main() -> None:
         if not (poisoned_dir / "poison.json").is_file():
             poison_dataset(source, attack, poisoned_dir, "npz")
         poisoned = open_dataset(poisoned_dir)
-        model_path = (Path(args.work)
-                      / f"infected-{attack.name}{subset}-{args.arch}-{args.train_epochs}ep{recipe_tag}.pt")
+        run = {"attack": attack.name, "per_class": args.per_class, "arch": args.arch,
+               "train_epochs": args.train_epochs, "train_recipe": recipe, "epochs_scale": args.epochs_scale,
+               "options": options}
+        model_path = infected_path(Path(args.work), run)
         train_minutes = None
         if not model_path.is_file():
             result = train_model(poisoned, train_cfg)
@@ -133,9 +145,7 @@ def main() -> None:
         for method in args.methods.split(","):
             infected = load_model(model_path).net
             cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale, **options)
-            named = "".join(f"-{k}={v}" for k, v in sorted(options.items()))
-            run_name = f"{attack.name}{subset}-{args.arch}{recipe_tag}-{method}-{args.epochs_scale}{named}"
-            out = Path(args.work) / f"purified-{run_name}"
+            out = purified_dir(Path(args.work), {**run, "method": method})
             t = time.perf_counter()
             res = purify(infected, poisoned, cfg, out, 10, evaluation, restart=True)
             minutes = (time.perf_counter() - t) / 60
@@ -188,6 +198,93 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
+def _recipe_tag(recipe: dict) -> str:
+    """The cached models' names say how they were trained where it is not the default recipe."""
+    return "".join(f"-{'b' if k == 'batch_size' else k}{v}" for k, v in recipe.items())
+
+
+def _subset_tag(run: dict) -> str:
+    return f"-{run['per_class']}pc-clean" if run.get("per_class") else ""
+
+
+def infected_path(work: Path, run: dict) -> Path:
+    """The cached infected model of a run (a recorded row, or the settings of one about to be)."""
+    return work / (f"infected-{run['attack']}{_subset_tag(run)}-{run['arch']}-{run['train_epochs']}ep"
+                   f"{_recipe_tag(run.get('train_recipe') or {})}.pt")
+
+
+def purified_dir(work: Path, run: dict) -> Path:
+    """The output folder of a run's purification: its checkpoints, pools and history."""
+    named = "".join(f"-{k}={v}" for k, v in sorted((run.get("options") or {}).items()))
+    recipe = _recipe_tag(run.get("train_recipe") or {})
+    return work / (f"purified-{run['attack']}{_subset_tag(run)}-{run['arch']}{recipe}-{run['method']}-"
+                   f"{run['epochs_scale']}{named}")
+
+
+REMEASURED = ("asr_untriggered", "robust_acc")
+
+
+def remeasure(test, work: Path) -> None:
+    """Add REMEASURED to the rows recorded before they were measured, where the models are still cached in `work`
+    (`test`: the test split they were measured on).
+
+    A purified model is its run's last checkpoint (PUD's and PBE's student after the finish, AdvrBD's final model).
+    Each is first made to give back its row's recorded C-Acc and ASR, to the count: a folder that a later run with
+    the same settings overwrote holds another model, and its row is left as it is.
+    """
+    import torch
+
+    from pudrt.attacks import create_attack
+    from pudrt.evaluate import backdoor_rates, predict
+    from pudrt.io.atomic import atomic_path
+    from pudrt.io.datasets import DecodedImages
+    from pudrt.io.models import load_model
+
+    rows = [json.loads(line) for line in open(RESULTS) if line.strip()]
+    if not test.decoded:  # every model reads it twice
+        test = DecodedImages(test, desc="decoding the test data")
+    measured: dict[tuple, dict] = {}
+
+    def rates(model_file: Path, checkpoint: Path | None, attack_name: str) -> dict:
+        key = (model_file, checkpoint)
+        if key not in measured:
+            net = load_model(model_file).net
+            if checkpoint is not None:
+                blob = torch.load(checkpoint, weights_only=True)
+                net.load_state_dict(blob["student"] if "student" in blob else blob["model"])
+            net.eval()
+            clean = predict(net, test)
+            measured[key] = {"c_acc": float((clean[0] == clean[1]).float().mean()),
+                             **backdoor_rates(net, test, create_attack(attack_name), clean=clean)}
+        return measured[key]
+
+    def same(recorded: dict, got: dict) -> bool:
+        return all(abs(recorded[k] - got[k]) < 1e-6 for k in ("c_acc", "asr"))
+
+    updated = 0
+    for r in rows:
+        if not (r.get("before") and r.get("after")) or all(k in r["after"] for k in REMEASURED):
+            continue
+        infected, out = infected_path(work, r), purified_dir(work, r)
+        steps = sorted(out.glob("checkpoints/step-*.pt"), key=lambda f: int(f.stem.split("-")[1]))
+        if r.get("test_samples", len(test)) != len(test) or not infected.is_file() or not steps:
+            continue
+        before, after = rates(infected, None, r["attack"]), rates(infected, steps[-1], r["attack"])
+        if not (same(r["before"], before) and same(r["after"], after)):
+            print(f"{out.name}: its model is not the one of the row of {r['date']} ({r.get('commit')}); left alone")
+            continue
+        for recorded, got in ((r["before"], before), (r["after"], after)):
+            recorded.update({k: got[k] for k in REMEASURED})
+        r["remeasured"] = {"keys": list(REMEASURED), "date": time.strftime("%Y-%m-%d"), "commit": git_commit()}
+        updated += 1
+        print(f"{out.name} ({r['date']}, {r.get('commit')}): ASR {100 * after['asr']:.2f}%, untriggered "
+              f"{100 * after['asr_untriggered']:.2f}%, RA {100 * after['robust_acc']:.1f}%", flush=True)
+    if updated:
+        with atomic_path(RESULTS) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"remeasured {updated} row(s)")
+
+
 def git_commit() -> str | None:
     """The checkout's short commit (with "+" when it has uncommitted changes other than the benchmark results this
     script writes itself), so rows from older code can be told apart; None outside a git checkout."""
@@ -204,6 +301,16 @@ def git_commit() -> str | None:
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
+
+
+def asr_cell(before: dict, after: dict) -> str:
+    """ASR before → after, the after in hundredths (its target is a line at 2%), with its untriggered count where
+    it was measured: an ASR at or under that is the model's own errors, not the trigger's doing."""
+    if after.get("asr") is None:
+        return f"{_pct(before.get('asr'))}→-"
+    untriggered = after.get("asr_untriggered")
+    note = f" ({100 * untriggered:.2f} untriggered)" if untriggered is not None else ""
+    return f"{_pct(before.get('asr'))}→{100 * after['asr']:.2f}{note}"
 
 
 def subset_note(row: dict) -> str:
@@ -297,6 +404,10 @@ def summary_lines(rows: list[dict]) -> list[str]:
         "training images and all 10,000 test images at default purification settings. Targets (the issue's): ASR",
         "≤ 2%, C-Acc drop ≤ 3 points, adv_acc above the infected model's (adv_acc is measured on --adv-samples test",
         f"images, 1,000 by default, where 0.1 point is one image). Bar to beat: {PAPER}.",
+        "ASR after is in hundredths of a point, with (where measured) its count on the same test images without the",
+        "trigger: the share of clean non-target images the model calls the target, which is what ASR reads with no",
+        "backdoor at all. Rows made before it was recorded (2026-12-01) were remeasured from their cached models",
+        "(`--remeasure`) where those were still the row's; the others have none.",
         "",
         "| arch | attack | method | scale | C-Acc before→after | ASR before→after | adv_acc before→after | "
         "target-class acc before→after | poison-pool precision / recall | targets: ASR / C-Acc / adv_acc | min | "
@@ -311,7 +422,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['arch']} | {r['attack']}{subset_note(r)} | {r['method']} | {r['epochs_scale']} | "
             f"{_pct(b['c_acc'])}→{_pct(a['c_acc'])}{clean} | "
-            f"{_pct(b['asr'])}→{_pct(a['asr'])} | {_pct(b.get(ADV))}→{_pct(a.get(ADV))} | "
+            f"{asr_cell(b, a)} | {_pct(b.get(ADV))}→{_pct(a.get(ADV))} | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | {_pct(pp.get('precision'))} / "
             f"{_pct(pp.get('recall'))} | {targets_met(r)} | {r['purify_minutes']} | "
             f"{r['date']}, {r.get('commit') or 'earlier'} |"
@@ -344,12 +455,13 @@ def seed_lines(rows: list[dict]) -> list[str]:
         "Each (attack, method, schedule) run with more than one `--set seed=N` and nothing else changed, on the same",
         "infected model (seed 0 is the default; its row is the one above). The seed draws target discovery's",
         "samples, the first pool, PGD's random starts, batch order and augmentation. After purification: C-Acc,",
-        "ASR (in hundredths of a point: its target is a line at 2%) and adv_acc as mean (lowest–highest) over the",
-        "seeds, and in how many seeds every target was met.",
+        "ASR (in hundredths of a point: its target is a line at 2%), ASR's count without the trigger (where every",
+        "seed has it) and adv_acc as mean (lowest–highest) over the seeds, and in how many seeds every target was",
+        "met.",
         "",
-        "| arch | attack | method | scale | seeds (code) | C-Acc after | ASR after | adv_acc after | "
-        "every target met | minutes (mean) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| arch | attack | method | scale | seeds (code) | C-Acc after | ASR after | ASR untriggered after | "
+        "adv_acc after | every target met | minutes (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def spread(values: list[float], digits: int = 1) -> str:  # ASR with 2: its target is a line at 2%
@@ -362,9 +474,11 @@ def seed_lines(rows: list[dict]) -> list[str]:
         met = sum("**no**" not in targets_met(seeds[s]) for s in seeds)
         codes = ", ".join(f"{s} ({seeds[s].get('commit') or 'earlier'})" for s in sorted(seeds))
         minutes = sum(seeds[s]["purify_minutes"] for s in seeds) / len(seeds)
+        untriggered = (spread([a["asr_untriggered"] for a in after], 2)
+                       if all("asr_untriggered" in a for a in after) else "-")
         lines.append(
             f"| {key[0]} | {key[1]}{subset_note(seeds[min(seeds)])} | {key[2]} | {key[4]} | {codes} | "
-            f"{spread([a['c_acc'] for a in after])} | {spread([a['asr'] for a in after], 2)} | "
+            f"{spread([a['c_acc'] for a in after])} | {spread([a['asr'] for a in after], 2)} | {untriggered} | "
             f"{spread([a[ADV] for a in after])} | {met} of {len(seeds)} | {minutes:.1f} |"
         )
     return lines + [""]
@@ -381,7 +495,8 @@ def write_results_md() -> None:
         "",
         "Full CIFAR-10 (or the per-class subset the attack column names), attacks at 10% (all-to-one, target 0;",
         "SIG clean-label), no clean data, target class not",
-        "given. C-Acc on the 10,000 test images, ASR on the triggered non-target ones, adv_acc on evenly spaced",
+        "given. C-Acc on the 10,000 test images, ASR on the triggered non-target ones (after: in hundredths, with",
+        "its count without the trigger where measured), adv_acc on evenly spaced",
         "test images (PGD-7, ε=6/255, α=ε/5). Target-class acc: on the clean test images of the attack's target",
         'class (recorded from 2026-11-23; "-" before). "(clean X)": a model trained on the same images without the',
         "poisons (`--reference`), the fair bar for the purified model's target-class acc, since poisons labelled with",
@@ -411,7 +526,7 @@ def write_results_md() -> None:
         lines.append(
             f"| {r['date']} | {r['attack']}{subset_note(r)} | {r['method']}{options_note(r)} | {r['arch']} | "
             f"{r['epochs_scale']} | "
-            f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))}{ref_c} | {_pct(b.get('asr'))}→{_pct(a.get('asr'))} | "
+            f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))}{ref_c} | {asr_cell(b, a)} | "
             f"{_pct(b.get(ADV))}→{_pct(a.get(ADV))} | {r['target_found']} (true {r['target_true']}) | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))}{ref_t} | "
             f"{_pct(cp.get('precision'))} / {_pct(cp.get('recall'))} | {_pct(pp.get('precision'))} / "

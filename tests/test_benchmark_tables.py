@@ -73,3 +73,45 @@ def test_seeds_of_one_setting_are_gathered_with_their_spread():
     assert "| wanet | pud | 0.1 | 0 (abc1234), 1 (abc1234), 2 (abc1234) |" in wanet
     assert "1.97 (1.50–2.50)" in wanet and "82.6 (82.2–83.0)" in wanet and "| 2 of 3 |" in wanet
     assert bench.seed_lines(rows[:1]) == []
+
+
+def test_remeasure_adds_untriggered_asr_only_where_the_cached_model_is_the_rows(tmp_path, monkeypatch, test_data):
+    import json
+
+    import torch
+
+    from pudrt.attacks import BadNets
+    from pudrt.evaluate import backdoor_rates, clean_accuracy
+    from pudrt.io.models import load_model, save_model
+    from pudrt.models import create_model
+
+    bench = load_bench()
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "rows.jsonl")
+    run = {"attack": "badnets", "arch": "resnet8", "train_epochs": 15, "method": "pud", "epochs_scale": 0.1}
+    torch.manual_seed(0)
+    save_model(create_model("resnet8", 10).eval(), bench.infected_path(tmp_path, run), "resnet8", 10)
+    step = bench.purified_dir(tmp_path, run) / "checkpoints" / "step-5.pt"
+    step.parent.mkdir(parents=True)
+    torch.save({"step": 5, "student": create_model("resnet8", 10).state_dict()}, step)
+    measured = {}
+    for side, checkpoint in (("before", None), ("after", step)):
+        net = load_model(bench.infected_path(tmp_path, run)).net
+        if checkpoint is not None:
+            net.load_state_dict(torch.load(checkpoint, weights_only=True)["student"])
+        measured[side] = {"c_acc": clean_accuracy(net.eval(), test_data),
+                          **backdoor_rates(net, test_data, BadNets())}
+    recorded = lambda side: {k: measured[side][k] for k in ("c_acc", "asr")}  # noqa: E731
+    rows = [
+        {**run, "date": "2026-11-30", "before": recorded("before"),  # an older run: the folder holds a later model
+         "after": {**recorded("after"), "asr": measured["after"]["asr"] + 0.01}},
+        {**run, "date": "2026-12-01", "before": recorded("before"), "after": recorded("after")},
+        {**run, "date": "2026-12-01", "before": None, "after": None},  # an unfinished row
+    ]
+    bench.RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench.remeasure(test_data, tmp_path)
+    older, latest, unfinished = (json.loads(line) for line in bench.RESULTS.read_text().splitlines())
+    assert older == rows[0] and unfinished == rows[2]
+    for side in ("before", "after"):
+        for key in bench.REMEASURED:
+            assert latest[side][key] == measured[side][key]
+    assert latest["remeasured"]["keys"] == list(bench.REMEASURED)
