@@ -11,7 +11,7 @@ import typer
 from pudrt.attacks import attack_from_params, load_trigger
 from pudrt.cli.common import DataOpt, ImageSizeOpt, check_output_model, dataset_arg, parse_floats
 from pudrt.errors import PudrtError
-from pudrt.evaluate import attack_success_rate, clean_accuracy
+from pudrt.evaluate import backdoor_rates, predict
 from pudrt.io.models import save_model
 from pudrt.models import list_models
 from pudrt.train import TrainConfig, train_model
@@ -77,9 +77,10 @@ def train(
     typer.echo(f"saved {output} ({result.seconds:.0f} s" +
                (f", {result.skipped} unreadable samples skipped)" if result.skipped else ")"))
     if test is not None:
-        c_acc = clean_accuracy(result.model, test)
-        line = f"C-Acc {c_acc:.4f}"
+        pred, labels = predict(result.model, test)
+        line = f"C-Acc {float((pred == labels).float().mean()):.4f}"
         if attack is not None:
-            asr = attack_success_rate(result.model, test, attack)
-            line += f"  ASR {asr:.4f} ({attack.name}, target {attack.target})"
+            r = backdoor_rates(result.model, test, attack, clean=(pred, labels))
+            line += (f"  ASR {r['asr']:.4f} (untriggered {r['asr_untriggered']:.4f}; {attack.name}, target "
+                     f"{attack.target})")
         typer.echo(f"{line}  on {test.describe()}")

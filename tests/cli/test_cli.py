@@ -50,7 +50,8 @@ def test_poison_then_train_then_report(tmp_path, train_data):
     code, out = invoke("train", tmp_path / "p", "--arch", "resnet8", "--epochs", "1", "--lr", "0.1",
                        "-o", tmp_path / "m.pt", "--eval-data", "embedded")
     assert code == 0, out
-    assert "C-Acc" in out and "ASR" in out  # the trigger came from the training data's poison.json
+    # the trigger came from the training data's poison.json
+    assert "C-Acc" in out and "ASR" in out and "untriggered" in out
     saved = torch.load(tmp_path / "m.pt", weights_only=True)
     assert saved["pudrt"]["arch"] == "resnet8"
 
