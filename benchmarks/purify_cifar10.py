@@ -235,7 +235,7 @@ def remeasure(test, work: Path) -> None:
     import torch
 
     from pudrt.attacks import create_attack
-    from pudrt.evaluate import backdoor_rates, predict
+    from pudrt.evaluate import accuracy, backdoor_rates, predict
     from pudrt.io.atomic import atomic_path
     from pudrt.io.datasets import DecodedImages
     from pudrt.io.models import load_model
@@ -254,7 +254,7 @@ def remeasure(test, work: Path) -> None:
                 net.load_state_dict(blob["student"] if "student" in blob else blob["model"])
             net.eval()
             clean = predict(net, test)
-            measured[key] = {"c_acc": float((clean[0] == clean[1]).float().mean()),
+            measured[key] = {"c_acc": accuracy(*clean),
                              **backdoor_rates(net, test, create_attack(attack_name), clean=clean)}
         return measured[key]
 

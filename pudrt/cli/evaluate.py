@@ -27,6 +27,7 @@ from pudrt.attacks import load_trigger
 from pudrt.cli.common import ModelOpts, dataset_arg, load_model_from_opts
 from pudrt.errors import PudrtError
 from pudrt.evaluate import (
+    accuracy,
     adversarial_accuracy,
     agreement,
     backdoor_rates,
@@ -99,7 +100,7 @@ def evaluate(
         for row, net in zip(rows, nets, strict=True):
             del row["classes"]
             pred, labels = predict(net, test)
-            row["c_acc"] = float((pred == labels).float().mean()) if len(labels) else float("nan")
+            row["c_acc"] = accuracy(pred, labels)
             if attack is not None:
                 row["attack"] = attack.params()
                 row.update(backdoor_rates(net, test, attack, clean=(pred, labels)))

@@ -11,7 +11,7 @@ import typer
 from pudrt.attacks import attack_from_params, load_trigger
 from pudrt.cli.common import DataOpt, ImageSizeOpt, check_output_model, dataset_arg, parse_floats
 from pudrt.errors import PudrtError
-from pudrt.evaluate import backdoor_rates, predict
+from pudrt.evaluate import accuracy, backdoor_rates, predict
 from pudrt.io.models import save_model
 from pudrt.models import list_models
 from pudrt.train import TrainConfig, train_model
@@ -78,7 +78,7 @@ def train(
                (f", {result.skipped} unreadable samples skipped)" if result.skipped else ")"))
     if test is not None:
         pred, labels = predict(result.model, test)
-        line = f"C-Acc {float((pred == labels).float().mean()):.4f}"
+        line = f"C-Acc {accuracy(pred, labels):.4f}"
         if attack is not None:
             r = backdoor_rates(result.model, test, attack, clean=(pred, labels))
             line += (f"  ASR {r['asr']:.4f} (untriggered {r['asr_untriggered']:.4f}; {attack.name}, target "

@@ -1,6 +1,6 @@
 """Clean accuracy (C-Acc), attack success rate (ASR) and robust accuracy (RA), named as in BackdoorBench.
 
-Both take any `model(x) -> logits` callable on float NCHW in [0, 1], so the same
+They take any `model(x) -> logits` callable on float NCHW in [0, 1], so the same
 numbers come from a torch module or an engine runner.
 """
 
@@ -48,10 +48,14 @@ def predict(model: Logits, dataset: LabelledImages, attack: PoisonAttack | None 
     return torch.cat(preds), torch.cat(labels)
 
 
+def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """The fraction of `pred` equal to `y` (NaN for none), from `predict`'s pair."""
+    return float((pred == y).float().mean()) if len(y) else float("nan")
+
+
 def clean_accuracy(model: Logits, dataset: LabelledImages, batch_size: int = 256) -> float:
     """C-Acc: the fraction of clean test samples classified correctly."""
-    pred, y = predict(model, dataset, None, batch_size)
-    return float((pred == y).float().mean()) if len(y) else float("nan")
+    return accuracy(*predict(model, dataset, None, batch_size))
 
 
 def attack_success_rate(model: Logits, dataset: LabelledImages, attack: PoisonAttack,

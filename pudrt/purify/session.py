@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from pudrt.attacks.base import PoisonAttack
 from pudrt.errors import PudrtError
-from pudrt.evaluate import adversarial_accuracy, backdoor_rates, predict
+from pudrt.evaluate import accuracy, adversarial_accuracy, backdoor_rates, predict
 from pudrt.io.atomic import atomic_path
 from pudrt.io.datasets import DecodedImages, LabelledImages
 from pudrt.purify.config import PurifyConfig
@@ -44,7 +44,7 @@ class Evaluation:
         model.eval()  # train-mode BatchNorm would read batch statistics and overwrite the running ones
         try:
             pred, labels = predict(model, self.test)
-            row = {"c_acc": float((pred == labels).float().mean()) if len(labels) else float("nan")}
+            row = {"c_acc": accuracy(pred, labels)}
             if self.attack is not None:
                 row.update(backdoor_rates(model, self.test, self.attack, clean=(pred, labels)))
                 if not self.attack.all_to_all:
