@@ -356,7 +356,10 @@ def targets_met(row: dict) -> str:
     """The issue's targets, each yes or no: ASR <= 2%, C-Acc drop <= 3 points, adv_acc above the infected model's."""
     b, a = row["before"], row["after"]
     met = (a["asr"] <= 0.02, b["c_acc"] - a["c_acc"] <= 0.03, a[ADV] > b[ADV])
-    return " / ".join("yes" if m else "**no**" for m in met)
+    marks = ["yes" if m else "**no**" for m in met]
+    if not met[0] and a["asr"] <= a.get("asr_untriggered", -1):  # missed, but the trigger adds nothing
+        marks[0] = "**no** (untriggered higher)"
+    return " / ".join(marks)
 
 
 def _infected(row: dict) -> tuple:
