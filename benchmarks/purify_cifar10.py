@@ -108,9 +108,8 @@ def main() -> None:
         # A subset is drawn from the clean images and then poisoned, so it holds as many clean images of the target
         # class as of any other. (Rows before 2026-11-30 subset the poisoned set instead, whose target class is
         # half poisons: their target class had half the clean images of the others; README.)
-        source, subset = train, ""
-        if args.per_class:
-            source, subset = train.per_class(args.per_class), f"-{args.per_class}pc-clean"
+        source = train.per_class(args.per_class) if args.per_class else train
+        subset = _subset_tag({"per_class": args.per_class})
         poisoned_dir = Path(args.work) / f"cifar10{subset}-{attack.name}-{attack.ratio}"
         if not (poisoned_dir / "poison.json").is_file():
             poison_dataset(source, attack, poisoned_dir, "npz")

@@ -87,9 +87,9 @@ def backdoor_rates(model: Logits, dataset: LabelledImages, attack: PoisonAttack,
         raise ValueError("backdoor_rates: `clean` is not this dataset's predictions (its labels differ)")
     hits, count = attack.attack_success(pred, y, dataset.num_classes)
     natural, _ = attack.attack_success(clean_pred, y, dataset.num_classes)
-    keep = attack.counted(y)
     if not count:
         return dict.fromkeys(("asr", "asr_untriggered", "robust_acc"), float("nan"))
+    keep = attack.counted(y)
     return {"asr": hits / count, "asr_untriggered": natural / count,
             "robust_acc": int((pred[keep] == y[keep]).sum()) / count}
 
