@@ -138,9 +138,11 @@ def main() -> None:
                 save_model(train_model(source, train_cfg).model, ref_path, args.arch, 10)
             ref_eval = evaluation(load_model(ref_path).net)
             reference = {"model": ref_path.name, "c_acc": ref_eval["c_acc"], "target_acc": ref_eval["target_class_acc"],
-                         "asr": ref_eval["asr"], "adv_acc": ref_eval[ADV]}
+                         "asr": ref_eval["asr"], "asr_untriggered": ref_eval["asr_untriggered"],
+                         "adv_acc": ref_eval[ADV]}
             print(f"clean reference {ref_path.name}: C-Acc {reference['c_acc']:.4f}, target-class acc "
-                  f"{reference['target_acc']:.4f}", flush=True)
+                  f"{reference['target_acc']:.4f}, ASR {reference['asr']:.4f} (untriggered "
+                  f"{reference['asr_untriggered']:.4f})", flush=True)
         for method in args.methods.split(","):
             infected = load_model(model_path).net
             cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale, **options)
@@ -302,13 +304,18 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def asr_cell(before: dict, after: dict) -> str:
+def asr_cell(before: dict, after: dict, reference: dict | None = None) -> str:
     """ASR before → after, the after in hundredths (its target is a line at 2%), with its untriggered count where
-    it was measured: an ASR at or under that is the model's own errors, not the trigger's doing."""
+    it was measured (an ASR at or under that is the model's own errors, not the trigger's doing) and, where the
+    row has one, the clean-trained model's ASR: what the trigger reads on a model that never saw a poison."""
     if after.get("asr") is None:
         return f"{_pct(before.get('asr'))}→-"
-    untriggered = after.get("asr_untriggered")
-    note = f" ({100 * untriggered:.2f} untriggered)" if untriggered is not None else ""
+    notes = []
+    if after.get("asr_untriggered") is not None:
+        notes.append(f"{100 * after['asr_untriggered']:.2f} untriggered")
+    if (reference or {}).get("asr") is not None:
+        notes.append(f"clean model {100 * reference['asr']:.2f}")
+    note = f" ({'; '.join(notes)})" if notes else ""
     return f"{_pct(before.get('asr'))}→{100 * after['asr']:.2f}{note}"
 
 
@@ -424,7 +431,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['arch']} | {r['attack']}{subset_note(r)} | {r['method']} | {r['epochs_scale']} | "
             f"{_pct(b['c_acc'])}→{_pct(a['c_acc'])}{clean} | "
-            f"{asr_cell(b, a)} | {_pct(b.get(ADV))}→{_pct(a.get(ADV))} | "
+            f"{asr_cell(b, a, ref)} | {_pct(b.get(ADV))}→{_pct(a.get(ADV))} | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | {_pct(pp.get('precision'))} / "
             f"{_pct(pp.get('recall'))} | {targets_met(r)} | {r['purify_minutes']} | "
             f"{r['date']}, {r.get('commit') or 'earlier'} |"
@@ -528,7 +535,7 @@ def write_results_md() -> None:
         lines.append(
             f"| {r['date']} | {r['attack']}{subset_note(r)} | {r['method']}{options_note(r)} | {r['arch']} | "
             f"{r['epochs_scale']} | "
-            f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))}{ref_c} | {asr_cell(b, a)} | "
+            f"{_pct(b.get('c_acc'))}→{_pct(a.get('c_acc'))}{ref_c} | {asr_cell(b, a, ref)} | "
             f"{_pct(b.get(ADV))}→{_pct(a.get(ADV))} | {r['target_found']} (true {r['target_true']}) | "
             f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))}{ref_t} | "
             f"{_pct(cp.get('precision'))} / {_pct(cp.get('recall'))} | {_pct(pp.get('precision'))} / "

@@ -126,6 +126,9 @@ def test_an_asr_miss_under_its_untriggered_count_says_so():
     floor["after"]["asr_untriggered"] = 0.0207
     assert bench.targets_met(floor) == "**no** (untriggered higher) / yes / yes"
     assert bench.asr_cell(floor["before"], floor["after"]) == "96.0→2.02 (2.07 untriggered)"
+    # beside it, where the row has a clean-trained reference, what the trigger reads on a model that never saw one
+    assert bench.asr_cell(floor["before"], floor["after"], {"asr": 0.0149}) == (
+        "96.0→2.02 (2.07 untriggered; clean model 1.49)")
     floor["after"]["asr_untriggered"] = 0.015  # the trigger still adds to the model's errors: a plain miss
     assert bench.targets_met(floor) == "**no** / yes / yes"
     # counted as a miss in the seed table all the same
