@@ -416,7 +416,8 @@ def summary_lines(rows: list[dict]) -> list[str]:
         "ASR after is in hundredths of a point, with (where measured) its count on the same test images without the",
         "trigger: the share of clean non-target images the model calls the target, which is what ASR reads with no",
         "backdoor at all. Rows made before it was recorded (2026-12-01) were remeasured from their cached models",
-        "(`--remeasure`) where those were still the row's; the others have none.",
+        "(`--remeasure`) where those were still the row's; the others have none. \"clean model X\": the ASR of a",
+        "model trained on the same images without the poisons (`--reference`), where the row has one.",
         "",
         "| arch | attack | method | scale | C-Acc before→after | ASR before→after | adv_acc before→after | "
         "target-class acc before→after | poison-pool precision / recall | targets: ASR / C-Acc / adv_acc | min | "
@@ -505,7 +506,8 @@ def write_results_md() -> None:
         "Full CIFAR-10 (or the per-class subset the attack column names), attacks at 10% (all-to-one, target 0;",
         "SIG clean-label), no clean data, target class not",
         "given. C-Acc on the 10,000 test images, ASR on the triggered non-target ones (after: in hundredths, with",
-        "its count without the trigger where measured), adv_acc on evenly spaced",
+        "its count without the trigger where measured, and the clean-trained model's ASR where the row has one),",
+        "adv_acc on evenly spaced",
         "test images (PGD-7, ε=6/255, α=ε/5). Target-class acc: on the clean test images of the attack's target",
         'class (recorded from 2026-11-23; "-" before). "(clean X)": a model trained on the same images without the',
         "poisons (`--reference`), the fair bar for the purified model's target-class acc, since poisons labelled with",
