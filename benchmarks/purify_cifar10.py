@@ -12,12 +12,18 @@ precision/recall against the poison.json ground truth, the discovered target,
 and wall time of purification alone. One JSON row per (attack, method) is
 appended to benchmarks/results/purify_cifar10.jsonl as soon as it is measured,
 and the table in benchmarks/RESULTS.md is rewritten.
+
+A run of every attack and method takes longer than one sitting on a small CPU. `--resume` carries an
+interrupted invocation on: the same command, at the same code, skips the (attack, method) rows it already
+recorded and resumes a purification from its last step checkpoint; the rows name the invocation, and
+RESULTS.md shows its latest complete one as one table.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -63,6 +69,11 @@ def main() -> None:
     p.add_argument("--min-asr", type=float, default=0.5,
                    help="skip an attack whose infected model's ASR is below this (the backdoor did not take, so a "
                         "purification row would measure nothing); 0 purifies regardless")
+    p.add_argument("--resume", action="store_true",
+                   help="carry on an invocation of this same command that was stopped: rows it already recorded are "
+                        "kept, not run again, and a purification resumes from its last step checkpoint; only where "
+                        "the code (the pudrt package and this script, byte for byte) and torch are those that "
+                        "started it, otherwise that part starts over")
     p.add_argument("--tables-only", action="store_true",
                    help="only rewrite the tables in RESULTS.md from the recorded rows, run nothing")
     p.add_argument("--remeasure", action="store_true",
@@ -99,12 +110,20 @@ def main() -> None:
     train_cfg = TrainConfig(arch=args.arch, epochs=args.train_epochs, **recipe)
     recipe_tag = _recipe_tag(recipe)
     info = machine_info()
+    invocation = invocation_of(args)
+    recorded = {(r["attack"], r["method"]) for r in read_rows()
+                if (r.get("invocation") or {}).get("id") == invocation["id"]} if args.resume else set()
+    print(f"invocation {invocation['id']} (code {invocation['code']})"
+          + (f": {len(recorded)} row(s) already recorded" if args.resume else ""), flush=True)
     train = resolve_data(args.data, "train")
     test = resolve_data(args.data, "test")
     if args.test_per_class:
         test = test.per_class(args.test_per_class)
     for name in args.attacks.split(","):
         attack = create_attack(name)
+        if all((attack.name, method) in recorded for method in args.methods.split(",")):
+            print(f"{attack.name}: every method already recorded by this invocation", flush=True)
+            continue
         # A subset is drawn from the clean images and then poisoned, so it holds as many clean images of the target
         # class as of any other. (Rows before 2026-11-30 subset the poisoned set instead, whose target class is
         # half poisons: their target class had half the clean images of the others; README.)
@@ -144,12 +163,15 @@ def main() -> None:
                   f"{reference['target_acc']:.4f}, ASR {reference['asr']:.4f} (untriggered "
                   f"{reference['asr_untriggered']:.4f})", flush=True)
         for method in args.methods.split(","):
+            if (attack.name, method) in recorded:
+                print(f"{attack.name} {method}: already recorded by this invocation", flush=True)
+                continue
             infected = load_model(model_path).net
             cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale, **options)
             out = purified_dir(Path(args.work), {**run, "method": method})
-            t = time.perf_counter()
-            res = purify(infected, poisoned, cfg, out, 10, evaluation, restart=True)
-            minutes = (time.perf_counter() - t) / 60
+            res, minutes, starts = purify_part(
+                lambda restart: purify(infected, poisoned, cfg, out, 10, evaluation, restart=restart),  # noqa: B023
+                out, invocation["id"], args.resume)
             after = res.history[-1]["eval"]
             # ASR means little when the model never predicts the target (SIG: neither model recognises a clean
             # airplane), so the target class's own test accuracy is recorded beside it
@@ -177,6 +199,7 @@ def main() -> None:
                 "residual": res.residual and {k: v for k, v in res.residual.items() if k != "statement"},
                 "purify_minutes": round(minutes, 1), "machine": info, "commit": git_commit(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "invocation": {**invocation, "starts": starts},
             }
             print(json.dumps(row), flush=True)
             RESULTS.parent.mkdir(exist_ok=True)
@@ -197,6 +220,66 @@ def parse_options(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+STAMP = "invocation.json"
+"""In a purification's output folder: which invocation started it and how many times."""
+
+_NOT_SETTINGS = ("resume", "tables_only", "remeasure")
+
+
+def code_digest() -> str:
+    """What a row's numbers depend on besides the settings: the imported pudrt package and the benchmark scripts,
+    byte for byte, and torch's version (a README or test change leaves it alone; any edit to the code does not)."""
+    import torch
+
+    import pudrt
+
+    h = hashlib.sha256(torch.__version__.encode())
+    package = Path(pudrt.__file__).resolve().parent
+    files = [(f"pudrt/{f.relative_to(package).as_posix()}", f) for f in sorted(package.rglob("*.py"))]
+    files += [(f.name, f) for f in (HERE / "purify_cifar10.py", HERE / "benchmarks_common.py")]
+    for name, f in files:
+        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def invocation_of(args: argparse.Namespace) -> dict:
+    """The invocation's identity: its settings (every option but --resume) and the code. The same command at the same
+    code is the same invocation, so `--resume` may carry it on; anything else starts its own."""
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+    code = code_digest()
+    key = hashlib.sha256(json.dumps({"settings": settings, "code": code}, sort_keys=True).encode()).hexdigest()
+    return {"id": key[:12], "code": code, "attacks": args.attacks.split(","), "methods": args.methods.split(",")}
+
+
+def purify_part(run, out: Path, invocation: str, resume: bool) -> tuple:
+    """`run(restart)` (one purification into `out`), resumed from its checkpoints where `resume` is asked and this
+    invocation started it, else from the start. Returns the result, the minutes of work it took over all its starts
+    (the steps kept from earlier starts, as their checkpoint's clock says, plus this start; the work a killed start
+    lost after its last checkpoint is not counted) and the number of starts."""
+    import torch
+
+    from pudrt.io.atomic import write_json_atomic
+
+    stamp = out / STAMP
+    earlier = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    carry_on = resume and earlier.get("id") == invocation
+    starts = earlier.get("starts", 0) + 1 if carry_on else 1
+    steps = sorted(out.glob("checkpoints/step-*.pt"), key=lambda f: int(f.stem.split("-")[1])) if carry_on else []
+    kept = 0.0
+    if steps:
+        history = json.loads(torch.load(steps[-1], weights_only=True)["history"])
+        kept = next((r["seconds"] for r in reversed(history) if "seconds" in r), 0.0)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stamp, {"id": invocation, "starts": starts})
+    t = time.perf_counter()
+    result = run(not carry_on)
+    return result, (kept + time.perf_counter() - t) / 60, starts
+
+
+def read_rows() -> list[dict]:
+    return [json.loads(line) for line in open(RESULTS) if line.strip()] if RESULTS.is_file() else []
 
 
 def _recipe_tag(recipe: dict) -> str:
@@ -426,17 +509,69 @@ def summary_lines(rows: list[dict]) -> list[str]:
     ]
     for key in sorted(latest, key=_setting_order):
         r = latest[key]
-        b, a, ta, pp = r["before"], r["after"], r.get("target_acc") or {}, r.get("poison_pool") or {}
-        ref = r.get("reference")
-        clean = f" (clean {_pct(ref['c_acc'])})" if ref else ""
-        lines.append(
-            f"| {r['arch']} | {r['attack']}{subset_note(r)} | {r['method']} | {r['epochs_scale']} | "
-            f"{_pct(b['c_acc'])}→{_pct(a['c_acc'])}{clean} | "
-            f"{asr_cell(b, a, ref)} | {_pct(b.get(ADV))}→{_pct(a.get(ADV))} | "
-            f"{_pct(ta.get('before'))}→{_pct(ta.get('after'))} | {_pct(pp.get('precision'))} / "
-            f"{_pct(pp.get('recall'))} | {targets_met(r)} | {r['purify_minutes']} | "
-            f"{r['date']}, {r.get('commit') or 'earlier'} |"
-        )
+        lines.append(f"| {r['arch']} | {r['attack']}{subset_note(r)} | {r['method']} | {r['epochs_scale']} | "
+                     f"{outcome_cells(r)} | {r['date']}, {r.get('commit') or 'earlier'} |")
+    return lines + [""]
+
+
+def outcome_cells(r: dict) -> str:
+    """C-Acc, ASR, adv_acc and target-class acc before→after, poison-pool precision / recall, the targets and the
+    minutes of one row, as table cells."""
+    b, a, ta, pp = r["before"], r["after"], r.get("target_acc") or {}, r.get("poison_pool") or {}
+    ref = r.get("reference")
+    clean = f" (clean {_pct(ref['c_acc'])})" if ref else ""
+    return (f"{_pct(b['c_acc'])}→{_pct(a['c_acc'])}{clean} | {asr_cell(b, a, ref)} | "
+            f"{_pct(b.get(ADV))}→{_pct(a.get(ADV))} | {_pct(ta.get('before'))}→{_pct(ta.get('after'))} | "
+            f"{_pct(pp.get('precision'))} / {_pct(pp.get('recall'))} | {targets_met(r)} | {r['purify_minutes']}")
+
+
+def invocation_lines(rows: list[dict]) -> list[str]:
+    """The latest invocation that recorded every attack × method it was given, as one table: one command, one code
+    (however many times `--resume` carried it on). Where a later invocation is still under way, how far it got.
+    Empty when no row names its invocation."""
+    runs: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("invocation") and r.get("before") and r.get("after"):
+            runs.setdefault(r["invocation"]["id"], []).append(r)
+    if not runs:
+        return []
+
+    def complete(got: list[dict]) -> bool:
+        inv = got[-1]["invocation"]
+        return {(a, m) for a in inv["attacks"] for m in inv["methods"]} <= {(r["attack"], r["method"]) for r in got}
+
+    order = sorted(runs, key=lambda i: max(rows.index(r) for r in runs[i]))  # by their latest row
+    done = [i for i in order if complete(runs[i])]
+    lines = ["### One invocation: every attack and method of one command, at one code", ""]
+    under_way = [i for i in order if not complete(runs[i]) and (not done or order.index(i) > order.index(done[-1]))]
+    for i in under_way:
+        got, inv = runs[i], runs[i][-1]["invocation"]
+        lines += [f"Under way: invocation {i} (code {inv['code']}), {len(got)} of "
+                  f"{len(inv['attacks']) * len(inv['methods'])} rows recorded; "
+                  f"`{got[-1]['command'].replace(' --resume', '')} --resume` at the same code carries it on.", ""]
+    if not done:
+        return lines
+    got = sorted(runs[done[-1]], key=lambda r: (_setting_order((r["arch"], r["attack"], r["method"], 0, 0))))
+    first, last = got[0], got[-1]
+    starts = sum(r["invocation"]["starts"] for r in got)
+    dates = sorted({r["date"] for r in got})
+    commits = sorted({r.get("commit") or "?" for r in got})
+    command = min((r["command"] for r in got), key=len)
+    lines += [
+        f"`{command}`: invocation {done[-1]}, code {first['invocation']['code']} (commits "
+        f"{', '.join(commits)}: the same package and scripts), {dates[0]}"
+        + (f" to {dates[-1]}" if len(dates) > 1 else "") + f", {len(got)} rows from {starts} start(s) of a "
+        f"purification; {first['arch']}{subset_note(first)}, `--epochs-scale` {first['epochs_scale']}, "
+        f"{sum(r['purify_minutes'] for r in got):.0f} min of purification in all on "
+        f"{(last.get('machine') or {}).get('cpu')}. Columns as in the table above.",
+        "",
+        "| attack | method | C-Acc before→after | ASR before→after | adv_acc before→after | "
+        "target-class acc before→after | poison-pool precision / recall | targets: ASR / C-Acc / adv_acc | min | "
+        "starts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in got:
+        lines.append(f"| {r['attack']} | {r['method']} | {outcome_cells(r)} | {r['invocation']['starts']} |")
     return lines + [""]
 
 
@@ -495,11 +630,12 @@ def seed_lines(rows: list[dict]) -> list[str]:
 
 
 def write_results_md() -> None:
-    rows = [json.loads(line) for line in open(RESULTS) if line.strip()]
+    rows = read_rows()
     lines = [
         "## Purification (`benchmarks/purify_cifar10.py`)",
         "",
         *summary_lines(rows),
+        *invocation_lines(rows),
         *seed_lines(rows),
         "### Every run, oldest first",
         "",

@@ -1,4 +1,4 @@
-"""The purification benchmark's summary: the latest full-set row per attack and method, judged against the targets."""
+"""The purification benchmark: its summary tables judged against the targets, and `--resume` across starts."""
 
 import importlib.util
 from pathlib import Path
@@ -133,3 +133,59 @@ def test_an_asr_miss_under_its_untriggered_count_says_so():
     assert bench.targets_met(floor) == "**no** / yes / yes"
     # counted as a miss in the seed table all the same
     assert "| 0 of 2 |" in bench.seed_lines([plain, {**floor, "options": {"seed": 1}}])[-2]
+
+
+def test_the_latest_complete_invocation_is_one_table_and_a_later_one_says_how_far_it_got():
+    bench = load_bench()
+
+    def of(invocation, attack, method, starts=1, **extra):
+        inv = {"id": invocation, "code": "c0de", "attacks": ["badnets", "blend"], "methods": ["pud", "advrbd"],
+               "starts": starts}
+        return row(bench, attack, method, 0.01, 0.84, 0.05, invocation=inv, command="purify_cifar10.py --resume",
+                   machine={"cpu": "AMD EPYC"}, **extra)
+
+    rows = [
+        of("old", "badnets", "pud"),  # an invocation that never finished
+        of("one", "blend", "advrbd"), of("one", "badnets", "pud", starts=2), of("one", "blend", "pud"),
+        row(bench, "badnets", "pud", 0.5, 0.84, 0.05),  # a row of no invocation
+        of("one", "badnets", "advrbd", date="2026-12-02"),
+        of("new", "badnets", "pud"),  # under way
+    ]
+    lines = bench.invocation_lines(rows)
+    table = [line for line in lines if line.startswith("| badnets") or line.startswith("| blend")]
+    assert [line.split(" | ")[:2] for line in table] == [["| badnets", "pud"], ["| badnets", "advrbd"],
+                                                         ["| blend", "pud"], ["| blend", "advrbd"]]
+    assert table[0].endswith("| 2 |") and all(line.endswith("| 1 |") for line in table[1:])
+    text = "\n".join(lines)
+    assert "invocation one" in text and "5 start(s)" in text and "2026-11-30 to 2026-12-02" in text
+    assert "Under way: invocation new" in text and "1 of 4 rows" in text and "invocation old" not in text
+    assert "`purify_cifar10.py --resume` at the same code" in text
+    assert bench.invocation_lines(rows[4:5]) == []
+
+
+def test_resume_carries_on_a_stopped_purification_of_the_same_invocation_only(badnets_model, badnets_data,
+                                                                              tmp_path):
+    import json
+
+    from pudrt.purify import PurifyConfig, purify
+
+    bench = load_bench()
+    data = badnets_data.per_class(60)
+    cfg = PurifyConfig.for_method("pud", epochs_scale=0.1, discovery_samples=200, residual_check=False)
+    out = tmp_path / "run"
+
+    def start(stop_after=None):
+        return lambda restart: purify(badnets_model, data, cfg, out, 10, stop_after=stop_after, restart=restart)
+
+    first, _, starts = bench.purify_part(start(stop_after=1), out, "inv-a", resume=True)
+    assert starts == 1 and not first.finished and [r["step"] for r in first.history] == [1]
+    later, minutes, starts = bench.purify_part(start(stop_after=3), out, "inv-a", resume=True)
+    assert starts == 2 and [r["step"] for r in later.history] == [1, 2, 3]
+    assert later.history[:1] == first.history  # the first start's step is kept, not done again
+    # the clock goes on from the checkpoint: the minutes count both starts' work
+    assert later.history[1]["seconds"] >= first.history[0]["seconds"]
+    assert minutes * 60 >= later.history[-1]["seconds"]
+    # another invocation (other code or settings) starts over in the same folder
+    again, _, starts = bench.purify_part(start(stop_after=1), out, "inv-b", resume=True)
+    assert starts == 1 and [r["step"] for r in again.history] == [1]
+    assert json.loads((out / bench.STAMP).read_text()) == {"id": "inv-b", "starts": 1}

@@ -82,6 +82,7 @@ class Session:
         self.saved = 0
         """Checkpoints written by this session (0: it only reloaded a run that had already ended)."""
         self.started = time.perf_counter()
+        self.resumed = False
         (self.out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
 
     # -- metrics ------------------------------------------------------------------------
@@ -152,6 +153,12 @@ class Session:
             raise PudrtError(f"{self.out} holds checkpoints of a run with different settings; resume with the "
                              f"same options, or pass --restart (or a new -o) to start over")
         self.history = json.loads(blob["history"])
+        if not self.resumed:
+            # the clock goes on from the checkpoint: "seconds" counts the work the run kept, over all its starts
+            # (the work after the checkpoint, lost when the run was killed, is not counted)
+            carried = next((r["seconds"] for r in reversed(self.history) if "seconds" in r), 0.0)
+            self.started = time.perf_counter() - carried
+            self.resumed = True
         log.info("resuming after step %d from %s", blob["step"], files[-1])
         return blob
 
