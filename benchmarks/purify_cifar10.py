@@ -1,7 +1,7 @@
 """Benchmark: purify infected small ResNets on the full CIFAR-10 with PUD, PBE and AdvrBD, on this CPU.
 
     python benchmarks/purify_cifar10.py --attacks badnets,blend,wanet,sig --methods pud,pbe,advrbd \
-        --arch resnet9w16 --train-epochs 15 --epochs-scale 0.1
+        --arch resnet9w16 --train-epochs 15 --epochs-scale pud=0.3,pbe=1,advrbd=1 --resume
 
 For each attack: poison the 50,000 training images at 10% (cached), train the
 infected model (cached), measure it, then purify it with each method, without
@@ -50,7 +50,9 @@ def main() -> None:
                    help="peak learning rate of the infected (and reference) model's one-cycle schedule "
                         "(default: TrainConfig's, 0.4, tuned for the small ResNets)")
     p.add_argument("--train-batch", type=int, default=None, help="its batch size (default: TrainConfig's, 256)")
-    p.add_argument("--epochs-scale", type=float, default=0.1)
+    p.add_argument("--epochs-scale", default="0.1",
+                   help="every method's epochs times this (0.1), or a scale per method (pud=0.3,pbe=1,advrbd=1; a "
+                        "method not named gets 0.1)")
     p.add_argument("--adv-samples", type=int, default=1000)
     p.add_argument("--work", default=str(Path.home() / ".cache" / "pudrt" / "bench"))
     p.add_argument("--label", default="")
@@ -92,6 +94,7 @@ def main() -> None:
         write_results_md()
         return
     options = parse_options(args.options)
+    scales = parse_scales(args.epochs_scale, args.methods.split(","))
 
     from benchmarks_common import machine_info
 
@@ -134,8 +137,7 @@ def main() -> None:
             poison_dataset(source, attack, poisoned_dir, "npz")
         poisoned = open_dataset(poisoned_dir)
         run = {"attack": attack.name, "per_class": args.per_class, "arch": args.arch,
-               "train_epochs": args.train_epochs, "train_recipe": recipe, "epochs_scale": args.epochs_scale,
-               "options": options}
+               "train_epochs": args.train_epochs, "train_recipe": recipe, "options": options}
         model_path = infected_path(Path(args.work), run)
         train_minutes = None
         if not model_path.is_file():
@@ -167,8 +169,8 @@ def main() -> None:
                 print(f"{attack.name} {method}: already recorded by this invocation", flush=True)
                 continue
             infected = load_model(model_path).net
-            cfg = PurifyConfig.for_method(method, epochs_scale=args.epochs_scale, **options)
-            out = purified_dir(Path(args.work), {**run, "method": method})
+            cfg = PurifyConfig.for_method(method, epochs_scale=scales[method], **options)
+            out = purified_dir(Path(args.work), {**run, "method": method, "epochs_scale": scales[method]})
             res, minutes, starts = purify_part(
                 lambda restart: purify(infected, poisoned, cfg, out, 10, evaluation, restart=restart),  # noqa: B023
                 out, invocation["id"], args.resume)
@@ -183,7 +185,7 @@ def main() -> None:
             row = {
                 "date": info["date"], "label": args.label, "attack": attack.name, "method": method, "options": options,
                 "arch": args.arch, "train_epochs": args.train_epochs, "train_recipe": recipe,
-                "epochs_scale": args.epochs_scale,
+                "epochs_scale": scales[method],
                 "train_samples": len(poisoned), "per_class": args.per_class, "test_samples": len(test),
                 "train_minutes": train_minutes, "before": res.before, "after": after,
                 "target_found": res.target.target_class, "target_true": attack.target,
@@ -206,6 +208,20 @@ def main() -> None:
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             write_results_md()
+
+
+def parse_scales(text: str, methods: list[str]) -> dict[str, float]:
+    """`--epochs-scale`: one scale for every method ("0.1"), or one per method ("pud=0.3,pbe=1"; others 0.1)."""
+    try:
+        if "=" not in text:
+            return dict.fromkeys(methods, float(text))
+        named = {method: float(scale) for method, _, scale in (part.partition("=") for part in text.split(","))}
+    except ValueError:
+        raise SystemExit(f"--epochs-scale takes a number or METHOD=NUMBER,...; got {text!r}") from None
+    unknown = sorted(set(named) - set(methods))
+    if unknown:
+        raise SystemExit(f"--epochs-scale names {', '.join(unknown)}, which --methods does not run")
+    return {method: named.get(method, 0.1) for method in methods}
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -561,17 +577,18 @@ def invocation_lines(rows: list[dict]) -> list[str]:
         f"`{command}`: invocation {done[-1]}, code {first['invocation']['code']} (commits "
         f"{', '.join(commits)}: the same package and scripts), {dates[0]}"
         + (f" to {dates[-1]}" if len(dates) > 1 else "") + f", {len(got)} rows from {starts} start(s) of a "
-        f"purification; {first['arch']}{subset_note(first)}, `--epochs-scale` {first['epochs_scale']}, "
+        f"purification; {first['arch']}{subset_note(first)}, "
         f"{sum(r['purify_minutes'] for r in got):.0f} min of purification in all on "
         f"{(last.get('machine') or {}).get('cpu')}. Columns as in the table above.",
         "",
-        "| attack | method | C-Acc before→after | ASR before→after | adv_acc before→after | "
+        "| attack | method | scale | C-Acc before→after | ASR before→after | adv_acc before→after | "
         "target-class acc before→after | poison-pool precision / recall | targets: ASR / C-Acc / adv_acc | min | "
         "starts |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in got:
-        lines.append(f"| {r['attack']} | {r['method']} | {outcome_cells(r)} | {r['invocation']['starts']} |")
+        lines.append(f"| {r['attack']} | {r['method']} | {r['epochs_scale']} | {outcome_cells(r)} | "
+                     f"{r['invocation']['starts']} |")
     return lines + [""]
 
 

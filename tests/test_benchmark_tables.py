@@ -189,3 +189,15 @@ def test_resume_carries_on_a_stopped_purification_of_the_same_invocation_only(ba
     again, _, starts = bench.purify_part(start(stop_after=1), out, "inv-b", resume=True)
     assert starts == 1 and [r["step"] for r in again.history] == [1]
     assert json.loads((out / bench.STAMP).read_text()) == {"id": "inv-b", "starts": 1}
+
+
+def test_epochs_scale_is_one_for_all_methods_or_one_per_method():
+    import pytest
+
+    bench = load_bench()
+    assert bench.parse_scales("0.1", ["pud", "pbe"]) == {"pud": 0.1, "pbe": 0.1}
+    assert bench.parse_scales("pud=0.3,advrbd=1", ["pud", "pbe", "advrbd"]) == {"pud": 0.3, "pbe": 0.1, "advrbd": 1.0}
+    with pytest.raises(SystemExit, match="which --methods does not run"):
+        bench.parse_scales("pbe=1", ["pud"])
+    with pytest.raises(SystemExit, match="takes a number or METHOD=NUMBER"):
+        bench.parse_scales("pud=fast", ["pud"])
