@@ -277,16 +277,19 @@ def purify_part(run, out: Path, invocation: str, resume: bool) -> tuple:
     import torch
 
     from pudrt.io.atomic import write_json_atomic
+    from pudrt.purify.session import checkpoint_files, worked_seconds
 
     stamp = out / STAMP
     earlier = json.loads(stamp.read_text()) if stamp.is_file() else {}
     carry_on = resume and earlier.get("id") == invocation
     starts = earlier.get("starts", 0) + 1 if carry_on else 1
-    steps = sorted(out.glob("checkpoints/step-*.pt"), key=lambda f: int(f.stem.split("-")[1])) if carry_on else []
+    steps = checkpoint_files(out)
     kept = 0.0
-    if steps:
-        history = json.loads(torch.load(steps[-1], weights_only=True)["history"])
-        kept = next((r["seconds"] for r in reversed(history) if "seconds" in r), 0.0)
+    if carry_on and steps:
+        kept = worked_seconds(json.loads(torch.load(steps[-1], weights_only=True)["history"]))
+    if not carry_on:  # cleared before the stamp is written, so no other run's step ever stands under it
+        for f in steps:
+            f.unlink()
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stamp, {"id": invocation, "starts": starts})
     t = time.perf_counter()
@@ -339,6 +342,7 @@ def remeasure(test, work: Path) -> None:
     from pudrt.io.atomic import atomic_path
     from pudrt.io.datasets import DecodedImages
     from pudrt.io.models import load_model
+    from pudrt.purify.session import checkpoint_files
 
     rows = [json.loads(line) for line in open(RESULTS) if line.strip()]
     if not test.decoded:  # every model reads it twice
@@ -366,7 +370,7 @@ def remeasure(test, work: Path) -> None:
         if not (r.get("before") and r.get("after")) or all(k in r["after"] for k in REMEASURED):
             continue
         infected, out = infected_path(work, r), purified_dir(work, r)
-        steps = sorted(out.glob("checkpoints/step-*.pt"), key=lambda f: int(f.stem.split("-")[1]))
+        steps = checkpoint_files(out)
         if r.get("test_samples", len(test)) != len(test) or not infected.is_file() or not steps:
             continue
         before, after = rates(infected, None, r["attack"]), rates(infected, steps[-1], r["attack"])
@@ -545,10 +549,11 @@ def invocation_lines(rows: list[dict]) -> list[str]:
     """The latest invocation that recorded every attack × method it was given, as one table: one command, one code
     (however many times `--resume` carried it on). Where a later invocation is still under way, how far it got.
     Empty when no row names its invocation."""
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, list[dict]] = {}  # in the order of each invocation's latest row
     for r in rows:
         if r.get("invocation") and r.get("before") and r.get("after"):
-            runs.setdefault(r["invocation"]["id"], []).append(r)
+            key = r["invocation"]["id"]
+            runs[key] = [*runs.pop(key, []), r]
     if not runs:
         return []
 
@@ -556,11 +561,10 @@ def invocation_lines(rows: list[dict]) -> list[str]:
         inv = got[-1]["invocation"]
         return {(a, m) for a in inv["attacks"] for m in inv["methods"]} <= {(r["attack"], r["method"]) for r in got}
 
-    order = sorted(runs, key=lambda i: max(rows.index(r) for r in runs[i]))  # by their latest row
+    order = list(runs)
     done = [i for i in order if complete(runs[i])]
     lines = ["### One invocation: every attack and method of one command, at one code", ""]
-    under_way = [i for i in order if not complete(runs[i]) and (not done or order.index(i) > order.index(done[-1]))]
-    for i in under_way:
+    for i in order[order.index(done[-1]) + 1 if done else 0:]:  # the incomplete ones after the latest complete one
         got, inv = runs[i], runs[i][-1]["invocation"]
         lines += [f"Under way: invocation {i} (code {inv['code']}), {len(got)} of "
                   f"{len(inv['attacks']) * len(inv['methods'])} rows recorded; "

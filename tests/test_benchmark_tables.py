@@ -167,6 +167,8 @@ def test_resume_carries_on_a_stopped_purification_of_the_same_invocation_only(ba
                                                                               tmp_path):
     import json
 
+    import pytest
+
     from pudrt.purify import PurifyConfig, purify
 
     bench = load_bench()
@@ -189,6 +191,14 @@ def test_resume_carries_on_a_stopped_purification_of_the_same_invocation_only(ba
     again, _, starts = bench.purify_part(start(stop_after=1), out, "inv-b", resume=True)
     assert starts == 1 and [r["step"] for r in again.history] == [1]
     assert json.loads((out / bench.STAMP).read_text()) == {"id": "inv-b", "starts": 1}
+    # a start killed before its first step (here: at once) leaves no earlier run's checkpoint under its stamp
+    def killed(restart):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench.purify_part(killed, out, "inv-c", resume=True)
+    assert json.loads((out / bench.STAMP).read_text()) == {"id": "inv-c", "starts": 1}
+    assert not list((out / "checkpoints").glob("step-*.pt"))
 
 
 def test_epochs_scale_is_one_for_all_methods_or_one_per_method():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -62,6 +63,16 @@ class Evaluation:
             for m, mode in modes:
                 m.training = mode
         return row
+
+
+def checkpoint_files(out: str | os.PathLike) -> list[Path]:
+    """A run folder's step checkpoints, oldest step first."""
+    return sorted((Path(out) / CHECKPOINTS).glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def worked_seconds(history: list[dict]) -> float:
+    """The working time a run's history records up to its last step (over all its starts; 0 before any step)."""
+    return next((r["seconds"] for r in reversed(history) if "seconds" in r), 0.0)
 
 
 RESUME_INDIFFERENT = ("residual_check",)
@@ -141,7 +152,7 @@ class Session:
 
     def latest(self) -> dict | None:
         """The newest checkpoint of this configuration, or None; another configuration's is an error."""
-        files = sorted((self.out / CHECKPOINTS).glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        files = checkpoint_files(self.out)
         if not files:
             return None
         try:
@@ -156,12 +167,11 @@ class Session:
         if not self.resumed:
             # the clock goes on from the checkpoint: "seconds" counts the work the run kept, over all its starts
             # (the work after the checkpoint, lost when the run was killed, is not counted)
-            carried = next((r["seconds"] for r in reversed(self.history) if "seconds" in r), 0.0)
-            self.started = time.perf_counter() - carried
+            self.started = time.perf_counter() - worked_seconds(self.history)
             self.resumed = True
         log.info("resuming after step %d from %s", blob["step"], files[-1])
         return blob
 
     def clear(self) -> None:
-        for f in (self.out / CHECKPOINTS).glob("step-*.pt"):
+        for f in checkpoint_files(self.out):
             f.unlink()
