@@ -135,6 +135,23 @@ def test_an_asr_miss_under_its_untriggered_count_says_so():
     assert "| 0 of 2 |" in bench.seed_lines([plain, {**floor, "options": {"seed": 1}}])[-2]
 
 
+def test_a_row_without_a_clean_reference_shows_the_latest_one_of_its_clean_model():
+    bench = load_bench()
+    ref = {"model": "clean-full-resnet9w16-15ep.pt", "c_acc": 0.86, "target_acc": 0.896, "asr": 0.0144}
+    rows = [
+        row(bench, "badnets", "pud", 0.01, 0.84, 0.05, reference={**ref, "asr": 0.02}),
+        row(bench, "badnets", "pud", 0.01, 0.84, 0.05, reference=ref),    # the latest for BadNets on the full set
+        row(bench, "blend", "pud", 0.01, 0.84, 0.05, reference={**ref, "asr": 0.0073}),
+        row(bench, "badnets", "pbe", 0.9, 0.83, 0.07),                    # run without --reference
+        row(bench, "badnets", "pud", 0.01, 0.84, 0.05, per_class=500),   # another clean model: none recorded
+    ]
+    carried = bench.carry_references(rows)
+    assert carried[3]["reference"] == ref and "reference" not in rows[3]  # the rows read are left as they were
+    assert carried[4].get("reference") is None and carried[:3] == rows[:3]
+    line = next(line for line in bench.summary_lines(carried) if "| badnets | pbe |" in line)
+    assert "(clean 86.0)" in line and "clean model 1.44" in line
+
+
 def test_the_latest_complete_invocation_is_one_table_and_a_later_one_says_how_far_it_got():
     bench = load_bench()
 
