@@ -668,11 +668,12 @@ def seed_lines(rows: list[dict]) -> list[str]:
 
 def write_results_md() -> None:
     rows = read_rows()
+    carried = carry_references(rows)
     lines = [
         "## Purification (`benchmarks/purify_cifar10.py`)",
         "",
-        *summary_lines(carry_references(rows)),
-        *invocation_lines(carry_references(rows)),
+        *summary_lines(carried),
+        *invocation_lines(carried),
         *seed_lines(rows),
         "### Every run, oldest first",
         "",
